@@ -462,7 +462,10 @@ export class Raft {
     if (this.maybeCommit()) {
       this.bcastAppend();
     } else {
-      // Send as much as flow control allows.
+      // A follower that was paused may have missed the latest commit index:
+      // send it an append even if there is no new entry.
+      if (wasPaused) this.sendAppend(m.from, pr);
+      // Then as much as flow control allows.
       while (this.sendAppend(m.from, pr, false)) {
         /* keep pipelining */
       }
@@ -794,10 +797,15 @@ export class Raft {
         t.progress.delete(cc.node);
         break;
     }
+    let added: NodeId = NONE;
     if (cc.type !== "removeNode") {
       const pr = t.progress.get(cc.node);
-      if (pr === undefined) this.addProgress(cc.node, this.log.lastIndex() + 1);
-      else pr.isLearner = cc.type === "addLearner";
+      if (pr === undefined) {
+        this.addProgress(cc.node, this.log.lastIndex() + 1);
+        added = cc.node;
+      } else {
+        pr.isLearner = cc.type === "addLearner";
+      }
     }
     if (this.role !== "leader") return;
     if (!t.isVoter(this.id)) {
@@ -806,10 +814,10 @@ export class Raft {
       return;
     }
     if (this.leadTransferee !== NONE && !t.isVoter(this.leadTransferee)) this.leadTransferee = NONE;
-    // The quorum changed: something may now be committed; new members need
-    // their first append.
-    this.maybeCommit();
-    this.bcastAppend();
+    // The quorum changed: something may now be committed.
+    // A new member is probed at once rather than at the next heartbeat.
+    if (this.maybeCommit()) this.bcastAppend();
+    else for (const [id, pr] of t.progress) if (id !== this.id) this.sendAppend(id, pr, id === added);
   }
 
   /** Applies the membership changes among entries being handed out to be applied. */

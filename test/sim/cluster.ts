@@ -21,6 +21,7 @@ import {
   decodeConfChange,
   isRaftError,
 } from "../../raft/index.js";
+import type { KvInput, KvOperation, KvOutput } from "./kvmodel.js";
 import { Prng } from "./prng.js";
 
 const enc = new TextEncoder();
@@ -36,20 +37,7 @@ export interface SimOptions {
 }
 
 /** One client operation as the linearizability checker sees it. */
-export interface HistoryOp {
-  readonly clientId: number;
-  readonly input: KvInput;
-  readonly output: KvOutput | undefined;
-  readonly call: number;
-  readonly return: number;
-}
-
-export type KvInput =
-  | { readonly op: "put"; readonly key: string; readonly value: string }
-  | { readonly op: "get"; readonly key: string }
-  | { readonly op: "cas"; readonly key: string; readonly expected: string | null; readonly value: string };
-
-export type KvOutput = { readonly ok: boolean } | { readonly value: string | null };
+export type HistoryOp = KvOperation;
 
 export interface SimStats {
   steps: number;
@@ -83,6 +71,7 @@ const CLIENT_TIMEOUT = 40 * TICK;
 const KEYS = ["a", "b", "c", "d", "e"];
 const MAX_VOTERS = 5;
 const MAX_NODES = 7;
+const MAX_EVENTS_PER_STEP = 20_000;
 
 /** A committed command of the replicated key-value store. */
 interface Command {
@@ -241,7 +230,7 @@ export class Simulation {
   private nextNodeId = 1;
   private readonly clients: Client[] = [];
   private nextCmd = 0;
-  readonly history: HistoryOp[] = [];
+  private readonly history: HistoryOp[] = [];
   readonly violations: string[] = [];
   readonly stats: SimStats = {
     steps: 0,
@@ -267,6 +256,11 @@ export class Simulation {
   private dropRate: number;
   private dupRate: number;
   private readonly snapshotEvery: number;
+  /** Per-seed settings of the core: every valid combination gets its turn. */
+  private readonly preVote: boolean;
+  private readonly checkQuorum: boolean;
+  private readonly maxSizePerMsg: number;
+  private readonly maxInflightMsgs: number;
   private quiet = false;
 
   // Global knowledge for the invariants.
@@ -276,12 +270,20 @@ export class Simulation {
   /** index -> entry applied there by any node: state machine safety. */
   private readonly appliedAt = new Map<number, { term: number; key: string }>();
   private readonly confChangesSeen = new Set<number>();
+  /** Commands applied by any node, and the commands of writes that timed out. */
+  private readonly appliedCmds = new Set<string>();
+  private readonly timedOut = new Map<HistoryOp, string>();
 
   constructor(private readonly opts: SimOptions) {
     this.rng = new Prng(opts.seed);
     this.dropRate = this.rng.pick([0, 0.01, 0.05, 0.1]);
     this.dupRate = this.rng.pick([0, 0.01, 0.05]);
     this.snapshotEvery = this.rng.pick([8, 20, 50]);
+    this.preVote = this.rng.chance(0.6);
+    this.checkQuorum = this.rng.chance(0.6);
+    // 1 byte: one entry per append, so followers acknowledge parts of the log.
+    this.maxSizePerMsg = this.rng.pick([1, 256, 4096]);
+    this.maxInflightMsgs = this.rng.pick([1, 4, 64]);
     const voters = this.rng.pick([1, 3, 3, 3, 5]);
     const ids: NodeId[] = [];
     for (let i = 0; i < voters; i++) ids.push(this.newNodeId());
@@ -327,8 +329,10 @@ export class Simulation {
       electionTick: ELECTION_TICK,
       heartbeatTick: HEARTBEAT_TICK,
       random: () => n.jitter.float(),
-      maxSizePerMsg: 4096,
-      maxInflightMsgs: 4,
+      maxSizePerMsg: this.maxSizePerMsg,
+      maxInflightMsgs: this.maxInflightMsgs,
+      preVote: this.preVote,
+      checkQuorum: this.checkQuorum,
       ...(this.opts.bugs ? { bugs: this.opts.bugs } : {}),
     });
     n.kv = KvStore.decode(n.storage.snapshot().data);
@@ -410,6 +414,12 @@ export class Simulation {
     this.apply(n, rd);
     rn.advance(rd);
     this.maybeCompact(n);
+    // A crash right after a node answered a vote or took a new term: the
+    // moment where a vote that was not durable would be forgotten.
+    if (!this.quiet && rd.hardState && this.rng.chance(0.02)) {
+      this.crash(n);
+      this.q.push(this.now + this.rng.int(1, 3 * TICK), () => this.restart(n));
+    }
   }
 
   // ------------------------------------------------------------- network
@@ -465,6 +475,7 @@ export class Simulation {
       }
       if (e.data.length === 0) continue;
       const cmd = JSON.parse(dec.decode(e.data)) as Command;
+      this.appliedCmds.add(cmd.id);
       const out = n.kv.apply(cmd);
       const w = n.writes.get(cmd.id);
       if (w) {
@@ -575,7 +586,9 @@ export class Simulation {
     // A write that timed out may or may not have happened; a read that timed
     // out tells nothing and changes nothing.
     if (op.input.op !== "get") {
-      this.history.push({ clientId: c.id, input: op.input, output: undefined, call: op.call, return: Infinity });
+      const h: HistoryOp = { clientId: c.id, input: op.input, output: undefined, call: op.call, return: Infinity };
+      this.history.push(h);
+      this.timedOut.set(h, op.cmdId);
     }
     c.busy = false;
     c.op = undefined;
@@ -612,7 +625,11 @@ export class Simulation {
       this.trace("heal");
       this.cut.clear();
     }
-    if (r.chance(0.004)) this.changeMembership();
+    if (r.chance(0.004)) {
+      // Sometimes several at once: the core must refuse all but one.
+      const burst = r.chance(0.3) ? r.int(2, 3) : 1;
+      for (let i = 0; i < burst; i++) this.changeMembership();
+    }
     if (r.chance(0.002)) {
       const lead = this.leader();
       const voters = lead ? lead.rn!.raft.confState().voters.filter((v) => v !== lead.id) : [];
@@ -686,6 +703,9 @@ export class Simulation {
         this.stats.leaderChanges++;
         this.trace(`${n.id} leader at term ${r.term}`);
         this.checkLeaderCompleteness(n);
+        // An operator (or an agent replacing a dead voter) reacting to the
+        // election at once: the case the own-term rule is for.
+        if (!this.quiet && this.rng.chance(0.1)) this.q.push(this.now, () => this.changeMembership());
       } else if (prev !== n.id) {
         this.violation(`two leaders in term ${r.term}: ${prev} and ${n.id}`);
       }
@@ -793,15 +813,11 @@ export class Simulation {
 
   run(): SimResult {
     const { steps } = this.opts;
-    for (let s = 0; s < steps; s++) {
+    // A seed stops at its first violation: what follows a broken invariant
+    // proves nothing more (and a diverged log can make the protocol churn).
+    for (let s = 0; s < steps && this.violations.length === 0; s++) {
       this.stats.steps++;
-      const until = this.now + TICK;
-      while (this.q.peekTime() < until) {
-        const e = this.q.pop()!;
-        this.now = Math.max(this.now, e.time);
-        e.run();
-      }
-      this.now = until;
+      this.runUntil(this.now + TICK);
       this.injectFaults();
       for (const c of this.clients) this.clientStep(c);
       for (const n of this.nodes.values()) this.afterEvent(n);
@@ -811,19 +827,35 @@ export class Simulation {
     this.quiet = true;
     this.cut.clear();
     for (const n of this.nodes.values()) if (!n.rn && !n.retired) this.restart(n);
-    for (let s = 0; s < 40 * ELECTION_TICK && !this.settled(); s++) {
-      const until = this.now + TICK;
-      while (this.q.peekTime() < until) {
-        const e = this.q.pop()!;
-        this.now = Math.max(this.now, e.time);
-        e.run();
-      }
-      this.now = until;
+    for (let s = 0; s < 40 * ELECTION_TICK && !this.settled() && this.violations.length === 0; s++) {
+      this.runUntil(this.now + TICK);
       for (const c of this.clients) if (c.busy && c.op && this.now >= c.op.deadline) this.timeout(c);
     }
     for (const c of this.clients) if (c.busy) this.timeout(c);
-    this.checkConvergence();
-    return { seed: this.opts.seed, violations: this.violations, history: this.history, stats: this.stats };
+    if (this.violations.length === 0) this.checkConvergence();
+    // Once the cluster is calm, a timed-out write that no node ever applied
+    // never took effect and never will: it is a definite failure, which the
+    // checker must not be asked to place. The others stay "may have happened".
+    const history = this.history.filter((h) => {
+      const id = this.timedOut.get(h);
+      return id === undefined || this.appliedCmds.has(id);
+    });
+    return { seed: this.opts.seed, violations: this.violations, history, stats: this.stats };
+  }
+
+  /** Runs every event due before `until`; flags a message storm (unbounded work per step). */
+  private runUntil(until: number): void {
+    let events = 0;
+    while (this.q.peekTime() < until) {
+      const e = this.q.pop()!;
+      this.now = Math.max(this.now, e.time);
+      e.run();
+      if (++events > MAX_EVENTS_PER_STEP) {
+        this.violation(`more than ${MAX_EVENTS_PER_STEP} events in one step: a message storm`);
+        return;
+      }
+    }
+    this.now = until;
   }
 
   private settled(): boolean {

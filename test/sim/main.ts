@@ -59,6 +59,7 @@ const total = {
   transfers: 0,
   snapshotsSent: 0,
   failedSeeds: [] as number[],
+  unknownSeeds: [] as number[],
   msPerSeed: 0,
   bugs: [...bugs],
 };
@@ -82,7 +83,10 @@ for (const seed of seeds) {
   total.transfers += out.stats.transfers;
   total.snapshotsSent += out.stats.snapshotsSent;
   if (out.linearizability === "violated") total.linearizability = "violated";
-  else if (out.linearizability === "unknown" && total.linearizability === "ok") total.linearizability = "unknown";
+  else if (out.linearizability === "unknown") {
+    total.unknownSeeds.push(seed);
+    if (total.linearizability === "ok") total.linearizability = "unknown";
+  }
   const failed = out.violations.length > 0 || out.linearizability === "violated";
   if (failed) {
     total.failedSeeds.push(seed);
