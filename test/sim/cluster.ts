@@ -85,8 +85,9 @@ class KvStore {
   seen = new Set<string>();
   applied = 0;
 
-  apply(cmd: Command): KvOutput {
-    if (this.seen.has(cmd.id)) return { ok: false };
+  /** The command's result, or undefined if it was applied before (a duplicate). */
+  apply(cmd: Command): KvOutput | undefined {
+    if (this.seen.has(cmd.id)) return undefined;
     this.seen.add(cmd.id);
     const i = cmd.input;
     switch (i.op) {
@@ -261,6 +262,8 @@ export class Simulation {
   private readonly checkQuorum: boolean;
   private readonly maxSizePerMsg: number;
   private readonly maxInflightMsgs: number;
+  /** Chance of a crash right after a Ready that changed the hard state. */
+  private readonly crashiness: number;
   private quiet = false;
 
   // Global knowledge for the invariants.
@@ -284,6 +287,7 @@ export class Simulation {
     // 1 byte: one entry per append, so followers acknowledge parts of the log.
     this.maxSizePerMsg = this.rng.pick([1, 256, 4096]);
     this.maxInflightMsgs = this.rng.pick([1, 4, 64]);
+    this.crashiness = this.rng.pick([0.005, 0.02, 0.05]);
     const voters = this.rng.pick([1, 3, 3, 3, 5]);
     const ids: NodeId[] = [];
     for (let i = 0; i < voters; i++) ids.push(this.newNodeId());
@@ -410,16 +414,49 @@ export class Simulation {
       n.storage.setHardState(rd.hardState);
       if (wasLeader) this.checkDurableQuorum(n, rd.hardState.commit, voters);
     }
-    for (const m of rd.messages) this.send(n, m);
+    // Crash points: after the disk write, after applying (the contract lets
+    // a driver apply before or after sending), and after sending.
+    if (this.crashPoint(n, rd, "persisted", wasLeader)) return;
     this.apply(n, rd);
+    if (this.crashPoint(n, rd, "applied", wasLeader)) return;
+    for (const m of rd.messages) this.send(n, m);
     rn.advance(rd);
     this.maybeCompact(n);
-    // A crash right after a node answered a vote or took a new term: the
-    // moment where a vote that was not durable would be forgotten.
-    if (!this.quiet && rd.hardState && this.rng.chance(0.02)) {
-      this.crash(n);
-      this.q.push(this.now + this.rng.int(1, 3 * TICK), () => this.restart(n));
+    this.crashPoint(n, rd, "sent", wasLeader);
+  }
+
+  /**
+   * Crashes at the moments where protocol bugs show, more often than chance
+   * would: a new leader dying before its first append left (entries of its
+   * term that nobody else has: the raw material of the Raft paper's Figure
+   * 8); a leader dying right after it committed, before its next append left;
+   * a node dying right after it granted a vote (a vote not made durable is
+   * forgotten). The process comes back at once or later.
+   */
+  private crashPoint(n: SimNode, rd: Ready, stage: "persisted" | "applied" | "sent", wasLeader: boolean): boolean {
+    if (this.quiet || (rd.entries.length === 0 && !rd.hardState)) return false;
+    let weight: number;
+    if (stage === "persisted") {
+      weight = rd.softState?.role === "leader" ? 4 : 0.5;
+    } else if (stage === "applied") {
+      weight = wasLeader && rd.committedEntries.length > 0 ? 8 : 0;
+    } else {
+      const granted = rd.messages.some((m) => (m.type === "voteResp" || m.type === "preVoteResp") && !m.reject);
+      weight = granted ? 8 : rd.hardState ? 1 : 0;
     }
+    if (!this.rng.chance(this.crashiness * weight)) return false;
+    this.crash(n);
+    // A leader that died before its first append left stays away long
+    // enough for the others to move on without it; the rest come back at
+    // once or a little later.
+    const delay =
+      stage === "persisted" && rd.softState?.role === "leader"
+        ? this.rng.int(10, 60) * TICK
+        : this.rng.chance(0.5)
+          ? this.rng.int(0, 2)
+          : this.rng.int(1, 3 * TICK);
+    this.q.push(this.now + delay, () => this.restart(n));
+    return true;
   }
 
   // ------------------------------------------------------------- network
@@ -478,7 +515,7 @@ export class Simulation {
       this.appliedCmds.add(cmd.id);
       const out = n.kv.apply(cmd);
       const w = n.writes.get(cmd.id);
-      if (w) {
+      if (w && out) {
         n.writes.delete(cmd.id);
         this.complete(w.client, out);
       }

@@ -18,6 +18,7 @@ const { values } = parseArgs({
     bug: { type: "string", multiple: true, default: [] },
     "list-bugs": { type: "boolean", default: false },
     trace: { type: "boolean", default: false },
+    narrate: { type: "boolean", default: false },
     "stop-on-failure": { type: "boolean", default: false },
   },
   strict: true,
@@ -71,6 +72,8 @@ for (const seed of seeds) {
     steps,
     bugs,
     ...(values.trace ? { trace: (l: string) => console.log(l) } : {}),
+    // The story without the client traffic.
+    ...(values.narrate && !values.trace ? { trace: (l: string) => / client \d/.test(l) || console.log(l) } : {}),
   });
   total.seeds++;
   total.steps += out.stats.steps;
@@ -98,5 +101,14 @@ for (const seed of seeds) {
   }
 }
 total.msPerSeed = Math.round((performance.now() - started) / Math.max(1, total.seeds));
+if (values.narrate) {
+  console.log(
+    `\n${total.seeds} simulated cluster(s), ${total.steps} steps of 10 ms virtual time: ` +
+      `${total.leaderChanges} elections won, ${total.crashes} crashes, ${total.partitions} partitions, ` +
+      `${total.membershipChanges} membership changes, ${total.transfers} leadership transfers, ` +
+      `${total.snapshotsSent} snapshots sent; ${total.ops} client operations, ` +
+      `linearizability ${total.linearizability}, ${total.violations} invariant violations.`,
+  );
+}
 console.log(JSON.stringify(total));
 process.exit(total.violations > 0 || total.linearizability === "violated" ? 1 : 0);
