@@ -87,6 +87,23 @@ export class MemoryStorage implements Storage {
     return this.snap;
   }
 
+  /**
+   * Rebuilds the storage from what a disk holds: the latest snapshot and the
+   * retained entries. The first retained entry may precede the snapshot
+   * index; it then marks the compaction point (its term answers term()).
+   */
+  load(snap: Snapshot, hard: HardState, entries: readonly Entry[]): void {
+    this.snap = snap;
+    this.hard = hard;
+    const first = entries[0];
+    if (first !== undefined && first.index <= snap.meta.index) {
+      this.ents = [{ term: first.term, index: first.index, type: "normal", data: new Uint8Array() }, ...entries.slice(1)];
+    } else {
+      this.ents = [{ term: snap.meta.term, index: snap.meta.index, type: "normal", data: new Uint8Array() }];
+      this.append(entries);
+    }
+  }
+
   /** Replaces the whole log by a snapshot received from the leader. */
   applySnapshot(s: Snapshot): void {
     if (s.meta.index < this.snap.meta.index) {
