@@ -26,21 +26,50 @@ export type KvOutput = KvPutOutput | KvGetOutput;
 export type KvOperation = Operation<KvInput, KvOutput>;
 
 /**
- * An immutable snapshot of the store. `key` is a canonical encoding of
- * `values`, computed once per state so that memoisation costs no encoding.
+ * An immutable snapshot of the store: the keys that have a value, sorted,
+ * with `key` a canonical encoding of them computed once per state so that
+ * memoisation costs no encoding. Histories are checked one key at a time,
+ * so a state rarely holds more than one entry.
  */
-export interface KvState {
-  readonly values: ReadonlyMap<string, string>;
-  readonly key: string;
+export class KvState {
+  constructor(
+    readonly entries: readonly (readonly [key: string, value: string])[],
+    readonly key: string,
+  ) {}
+
+  /** The same entries as a map (built on each access; not for hot paths). */
+  get values(): ReadonlyMap<string, string> {
+    return new Map(this.entries);
+  }
 }
 
-const EMPTY: KvState = { values: new Map(), key: "[]" };
+const EMPTY = new KvState([], "");
+
+/** The value of `key` in `state` (null: absent). */
+export function kvValue(state: KvState, key: string): string | null {
+  for (const [k, v] of state.entries) if (k === key) return v;
+  return null;
+}
 
 function withValue(state: KvState, key: string, value: string): KvState {
-  if (state.values.get(key) === value) return state;
-  const values = new Map(state.values).set(key, value);
-  const sorted = [...values].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-  return { values, key: JSON.stringify(sorted) };
+  const old = state.entries;
+  if (old.length === 0 || (old.length === 1 && old[0]![0] === key)) {
+    if (old.length === 1 && old[0]![1] === value) return state;
+    return new KvState([[key, value]], encode(key, value));
+  }
+  let i = 0;
+  while (i < old.length && old[i]![0] < key) i++;
+  const present = i < old.length && old[i]![0] === key;
+  if (present && old[i]![1] === value) return state;
+  const entries = [...old.slice(0, i), [key, value] as const, ...old.slice(present ? i + 1 : i)];
+  let encoded = "";
+  for (const [k, v] of entries) encoded += encode(k, v);
+  return new KvState(entries, encoded);
+}
+
+/** Length-prefixed, so that a concatenation of encodings is injective. */
+function encode(key: string, value: string): string {
+  return `${key.length}:${key}${value.length}:${value}`;
 }
 
 function accept(state: KvState): StepResult<KvState> {
@@ -49,10 +78,6 @@ function accept(state: KvState): StepResult<KvState> {
 
 function reject(state: KvState): StepResult<KvState> {
   return { ok: false, state };
-}
-
-function current(state: KvState, key: string): string | null {
-  return state.values.get(key) ?? null;
 }
 
 /**
@@ -76,9 +101,9 @@ export const kvModel: Model<KvState, KvInput, KvOutput> = {
       case "get":
         if (output === undefined) return accept(state);
         if (!("value" in output)) throw new TypeError(`get output must be { value }, got ${JSON.stringify(output)}`);
-        return output.value === current(state, input.key) ? accept(state) : reject(state);
+        return output.value === kvValue(state, input.key) ? accept(state) : reject(state);
       case "cas": {
-        const matches = current(state, input.key) === input.expected;
+        const matches = kvValue(state, input.key) === input.expected;
         if (output === undefined) return accept(matches ? withValue(state, input.key, input.value) : state);
         if (!("ok" in output)) throw new TypeError(`cas output must be { ok }, got ${JSON.stringify(output)}`);
         if (output.ok !== matches) return reject(state);

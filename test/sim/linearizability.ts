@@ -39,9 +39,10 @@ export interface StepResult<S> {
  *
  * `step` must be pure: the search calls it many times on the same state and
  * keeps old states for backtracking, so it must never mutate `state`.
- * With `output === undefined` it must accept (return `ok: true`) and give the
- * state as if the operation had run, since an operation with an unknown
- * outcome that did take effect is indistinguishable from one that returned.
+ * With `output === undefined` it must accept (return `ok: true`) in every
+ * state and give the state as if the operation had run: an operation with an
+ * unknown outcome that did take effect could have returned anything. The
+ * search relies on this to treat such operations as optional.
  *
  * `key` must map two states to the same string iff they behave identically
  * under every future sequence of operations; it drives memoisation. Without
@@ -286,23 +287,27 @@ function searchPartition<S, I, O>(
   }
   let hash = 0;
 
-  // Memo of visited configurations: a chained hash table keyed by the hash,
-  // whose entries hold a copy of the bitset (in `pool`) and the state key.
-  // A configuration seen before, or dominated by one, has been or is being
-  // explored (it is on the current path), so it never needs exploring again.
-  const buckets = new Map<number, number>();
+  // Memo of visited configurations: per state key (whose hash the runtime
+  // caches on the string), a chained hash table keyed by the bitset hash,
+  // whose entries hold a copy of the bitset in `pool`. A configuration seen
+  // before, or dominated by one, has been or is being explored (it is on the
+  // current path), so it never needs exploring again.
+  const buckets = new Map<string, Map<number, number>>();
   let memoCount = 0;
   let memoCapacity = 1024;
   let pool = new Uint32Array(memoCapacity * words);
   let chain = new Int32Array(memoCapacity);
-  const memoKeys: string[] = [];
 
   // True if the current configuration (with state key `key`) is dominated
   // by a recorded one; records it otherwise.
   const memoSeenOrAdd = (h: number, key: string): boolean => {
-    const head = buckets.get(h);
+    let table = buckets.get(key);
+    if (table === undefined) {
+      table = new Map();
+      buckets.set(key, table);
+    }
+    const head = table.get(h);
     for (let c = head === undefined ? -1 : head; c !== -1; c = chain[c]!) {
-      if (memoKeys[c] !== key) continue;
       const base = c * words;
       let dominated = true;
       for (let w = 0; w < words; w++) {
@@ -327,8 +332,7 @@ function searchPartition<S, I, O>(
     const c = memoCount++;
     pool.set(linearized, c * words);
     chain[c] = head === undefined ? -1 : head;
-    memoKeys.push(key);
-    buckets.set(h, c);
+    table.set(h, c);
     return false;
   };
 
@@ -345,6 +349,18 @@ function searchPartition<S, I, O>(
   let bestLen = 0;
   let bestPrefix: number[] = [];
   let bestState = initial;
+
+  // Whether linearizing outstanding operation `op` now, giving a state with
+  // key `key`, makes the outstanding operation linearized just before it
+  // irrelevant: placing `op` instead of it reaches the same state with a
+  // strictly smaller set, a configuration that dominates this one and is
+  // explored from the same parent. This stops chains of outstanding writes,
+  // each overwriting the last, from being explored in every combination.
+  const overwrites = (op: number, key: string): boolean => {
+    if (depth === 0 || kind[stackNode[depth - 1]!] !== OUTSTANDING) return false;
+    const alt = model.step(stackState[depth - 1]!, inputs[op]!, undefined);
+    return alt.ok && keyOf(alt.state) === key;
+  };
 
   const bounded = deadline !== Infinity;
   let steps = 0;
@@ -370,7 +386,8 @@ function searchPartition<S, I, O>(
         const bit = 1 << (op & 31);
         linearized[op >>> 5]! |= bit;
         const h = hash ^ zobrist[op]!;
-        if (!memoSeenOrAdd(h, keyOf(r.state))) {
+        const key = keyOf(r.state);
+        if (!(k === OUTSTANDING && overwrites(op, key)) && !memoSeenOrAdd(h, key)) {
           stackNode[depth] = node;
           stackState[depth] = state;
           stackLimit[depth] = limit;
