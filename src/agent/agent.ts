@@ -1,0 +1,161 @@
+// An agent: its identity and Raft log in the data dir, a libp2p host, the
+// Raft driver, membership upkeep, and the local API on a unix socket.
+
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { Host, newIdentity } from "../../net/host.js";
+import { NONE, type Snapshot } from "../../raft/index.js";
+import { LogStore } from "../../store/logstore.js";
+import { WharfError } from "../errors.js";
+import { RaftNode } from "./raftnode.js";
+
+export interface AgentOptions {
+  readonly dataDir: string;
+  readonly sharedDir: string;
+  readonly listen: readonly string[];
+  readonly secret: string;
+  readonly bootstrap: boolean;
+  readonly log: Logger;
+  readonly tickMs?: number;
+  readonly voters?: number;
+  readonly snapshotEvery?: number;
+  /** A voter not heard from for this long is replaced by a live learner. */
+  readonly deadVoterMs?: number;
+}
+
+export class Agent {
+  private upkeep: NodeJS.Timeout | undefined;
+
+  private constructor(
+    readonly opts: AgentOptions,
+    readonly store: LogStore,
+    readonly host: Host,
+    readonly node: RaftNode,
+    readonly clusterId: string,
+  ) {}
+
+  get id(): string {
+    return this.node.id;
+  }
+
+  static async start(opts: AgentOptions): Promise<Agent> {
+    await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
+    const store = await LogStore.open(join(opts.dataDir, "raft"));
+    try {
+      let identity = await store.getMeta("identity");
+      if (identity === undefined) {
+        identity = Buffer.from(await newIdentity()).toString("base64");
+        await store.putMeta("identity", identity);
+      }
+      const host = await Host.start({
+        identity: new Uint8Array(Buffer.from(identity, "base64")),
+        listen: opts.listen,
+        secret: opts.secret,
+        log: opts.log,
+      });
+      const empty = store.mem.lastIndex() === 0;
+      if (opts.bootstrap && empty) {
+        // The founding agent starts from a snapshot holding a configuration of
+        // itself alone; agents that join start empty and get a snapshot.
+        const boot: Snapshot = {
+          meta: { index: 1, term: 1, confState: { voters: [host.id], learners: [] } },
+          data: new Uint8Array(),
+        };
+        await store.persist({ snapshot: boot, hardState: { term: 1, vote: NONE, commit: 1 }, entries: [] });
+        await store.putMeta("cluster", `${host.id}@${Date.now()}`);
+      }
+      const node = new RaftNode({
+        id: host.id,
+        store,
+        send: (m) => {
+          if (!host.send(m)) node.rn.reportUnreachable(m.to);
+        },
+        tickMs: opts.tickMs ?? 100,
+        snapshotEvery: opts.snapshotEvery ?? 10_000,
+        log: opts.log,
+      });
+      host.onMessage = (m) => node.step(m);
+      // Admitting a peer: record its addresses, then add it as a learner; the
+      // leader's upkeep promotes it once it has caught up.
+      await host.serveJoin(async (req) => {
+        const signal = AbortSignal.timeout(10_000);
+        await node.propose({ type: "member", id: req.id, addrs: req.addrs }, signal);
+        const cs = node.status().confState;
+        if (!cs.voters.includes(req.id) && !cs.learners.includes(req.id)) {
+          await node.changeMembership({ type: "addLearner", node: req.id }, signal);
+        }
+      });
+      host.onUnreachable = (id) => node.rn.reportUnreachable(id);
+      const agent = new Agent(opts, store, host, node, (await store.getMeta("cluster")) ?? "");
+      agent.refreshPeers();
+      node.start();
+      if (opts.bootstrap && empty) node.rn.campaign();
+      agent.upkeep = setInterval(() => void agent.maintain(), 500);
+      opts.log.info({ id: host.id, addrs: host.addrs() }, "agent started");
+      return agent;
+    } catch (e) {
+      await store.close();
+      throw e;
+    }
+  }
+
+  /** Joins the cluster of the agent at `peer` (retrying while it is busy or leaderless). */
+  async joinCluster(peer: string, signal: AbortSignal): Promise<void> {
+    let last = "";
+    while (!signal.aborted) {
+      try {
+        const res = await this.host.join(peer, AbortSignal.any([signal, AbortSignal.timeout(15_000)]));
+        if (res.ok) return;
+        last = res.error ?? "refused";
+      } catch (e) {
+        last = (e as Error).message;
+        if (/EncryptionFailed|ECONNRESET|handshake/i.test(`${(e as Error).name} ${last}`)) {
+          throw new WharfError("WRONG_SECRET", `could not join ${peer}: the handshake failed (wrong cluster secret?)`);
+        }
+      }
+      this.opts.log.warn({ peer, err: last }, "join not accepted yet; retrying");
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    throw new WharfError("TIMEOUT", `could not join ${peer}: ${last}`);
+  }
+
+  /** Tells the transport every member's addresses (from the replicated state). */
+  refreshPeers(): void {
+    for (const [id, m] of this.node.state.members) this.host.setPeerAddrs(id, m.addrs);
+  }
+
+  /**
+   * The leader's upkeep: record our own addresses, promote learners while
+   * there are fewer voters than wanted, replace voters that stopped
+   * answering by live learners.
+   */
+  private async maintain(): Promise<void> {
+    this.refreshPeers();
+    const st = this.node.status();
+    if (st.role !== "leader") return;
+    const signal = AbortSignal.timeout(5000);
+    try {
+      const self = this.node.state.members.get(this.id);
+      if (!self || self.addrs.join() !== this.host.addrs().join()) {
+        await this.node.propose({ type: "member", id: this.id, addrs: this.host.addrs() }, signal);
+      }
+      const want = Math.min(5, this.opts.voters ?? 3);
+      const voters = st.confState.voters;
+      const caughtUp = (id: string): boolean => (st.progress.get(id)?.match ?? 0) >= st.commit - 10;
+      const learner = st.confState.learners.find(caughtUp);
+      if (voters.length < want && learner) {
+        await this.node.changeMembership({ type: "addVoter", node: learner }, signal);
+      }
+    } catch (e) {
+      if (!(e instanceof WharfError)) this.opts.log.warn({ err: (e as Error).message }, "membership upkeep failed");
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.upkeep) clearInterval(this.upkeep);
+    await this.node.stop();
+    await this.host.stop();
+    await this.store.close();
+  }
+}

@@ -1,0 +1,96 @@
+// wharf-agent start|join: runs an agent until SIGINT/SIGTERM.
+
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { Command } from "commander";
+import { pino } from "pino";
+import { Agent } from "../agent/agent.js";
+import { serveApi } from "../api/server.js";
+import { WharfError, exitCodeOf } from "../errors.js";
+
+interface Flags {
+  data: string;
+  shared: string;
+  listen: string;
+  api?: string;
+  secretFile: string;
+  bootstrap?: boolean;
+  voters: string;
+  tickMs: string;
+  snapshotEvery: string;
+}
+
+const program = new Command("wharf-agent").description("A wharf agent: one per container host.");
+
+function withAgentFlags(c: Command): Command {
+  return c
+    .requiredOption("--data <dir>", "the agent's own data directory (Raft log, identity)")
+    .requiredOption("--shared <dir>", "the shared store (a directory on the shared file system)")
+    .option("--listen <multiaddr>", "libp2p listen address", "/ip4/127.0.0.1/tcp/0")
+    .option("--api <socket>", "unix socket of the local API (default: DATA/api.sock)")
+    .requiredOption("--secret-file <file>", "file holding the cluster secret")
+    .option("--voters <n>", "voters the cluster keeps (3 or 5)", "3")
+    .option("--tick-ms <ms>", "Raft tick (election timeout is 10 ticks)", "100")
+    .option("--snapshot-every <n>", "snapshot and compact the log every N entries", "10000");
+}
+
+async function run(flags: Flags, bootstrap: boolean, peer?: string): Promise<void> {
+  const log = pino({ level: process.env.WHARF_LOG_LEVEL ?? "info" });
+  const secret = (await readFile(flags.secretFile, "utf8").catch(() => {
+    throw new WharfError("INVALID_ARGUMENT", `cannot read the secret file ${flags.secretFile}`);
+  })).trim();
+  if (secret.length < 16) throw new WharfError("INVALID_ARGUMENT", "the cluster secret must be at least 16 characters");
+  const voters = Number(flags.voters);
+  if (!Number.isInteger(voters) || voters < 1 || voters > 5) throw new WharfError("INVALID_ARGUMENT", "--voters takes 1 to 5");
+  const agent = await Agent.start({
+    dataDir: flags.data,
+    sharedDir: flags.shared,
+    listen: [flags.listen],
+    secret,
+    bootstrap,
+    log,
+    voters,
+    tickMs: Number(flags.tickMs),
+    snapshotEvery: Number(flags.snapshotEvery),
+  });
+  const controller = new AbortController();
+  let stopping = false;
+  const shutdown = async (): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    controller.abort();
+    await closeApi?.();
+    await agent.stop();
+    log.info({}, "agent stopped");
+  };
+  let closeApi: (() => Promise<void>) | undefined;
+  closeApi = await serveApi(agent, flags.api ?? join(flags.data, "api.sock"), () => void shutdown());
+  process.once("SIGINT", () => void shutdown());
+  process.once("SIGTERM", () => void shutdown());
+  if (peer !== undefined && agent.node.status().confState.voters.length + agent.node.status().confState.learners.length === 0) {
+    try {
+      await agent.joinCluster(peer, controller.signal);
+      log.info({ peer }, "joined the cluster");
+    } catch (e) {
+      await shutdown();
+      throw e;
+    }
+  }
+}
+
+function fail(e: unknown): never {
+  process.stderr.write(`wharf-agent: ${(e as Error).message}\n`);
+  process.exit(exitCodeOf(e));
+}
+
+withAgentFlags(program.command("start"))
+  .description("run an agent; --bootstrap founds a new cluster when the data dir is empty")
+  .option("--bootstrap", "found a new cluster")
+  .action((flags: Flags) => run(flags, flags.bootstrap === true).catch(fail));
+
+withAgentFlags(program.command("join"))
+  .description("join the cluster of the agent at PEER_MULTIADDR, then run")
+  .argument("<peer>", "multiaddr of a member, with /p2p/<id>")
+  .action((peer: string, flags: Flags) => run(flags, false, peer).catch(fail));
+
+program.parseAsync().catch(fail);
