@@ -127,6 +127,7 @@ export class RaftLog {
   append(ents: readonly Entry[]): number {
     if (ents.length === 0) return this.lastIndex();
     if (ents[0]!.index - 1 < this.committed) throw new Error(`append at ${ents[0]!.index} below commit ${this.committed}`);
+    if (ents[0]!.index > this.lastIndex() + 1) throw new Error(`append at ${ents[0]!.index} leaves a gap after ${this.lastIndex()}`);
     this.unstable.truncateAndAppend(ents);
     return this.lastIndex();
   }
@@ -206,8 +207,8 @@ export class RaftLog {
   }
 
   /**
-   * Entries in [lo, hi) with at least one and up to `maxBytes`, or undefined
-   * if `lo` is compacted (the caller then sends a snapshot).
+   * Entries in [lo, hi) with at least one and up to `maxBytes`. `lo` must not
+   * be compacted (callers check firstIndex() and send a snapshot instead).
    */
   slice(lo: number, hi: number, maxBytes: number): Entry[] {
     if (lo >= hi) return [];

@@ -121,7 +121,13 @@ export class Raft {
       if (hardState.commit > last) throw new Error(`commit ${hardState.commit} is past the last index ${last}`);
       this.log.commitTo(hardState.commit);
     }
-    if (c.applied !== undefined && c.applied > this.log.applied) this.log.appliedTo(c.applied);
+    if (c.applied !== undefined && c.applied > this.log.applied) {
+      // The membership changes the application applied before the restart
+      // are in the log after the snapshot: they take effect again here.
+      const lo = this.log.applied + 1;
+      this.log.appliedTo(c.applied);
+      this.onApply(this.log.slice(lo, c.applied + 1, Number.MAX_SAFE_INTEGER));
+    }
     this.becomeFollower(this.term, NONE);
   }
 

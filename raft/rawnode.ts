@@ -12,6 +12,7 @@ import {
   type SoftState,
   encodeConfChange,
   isLocalMessage,
+  isResponse,
 } from "./types.js";
 
 export interface Status {
@@ -101,6 +102,10 @@ export class RawNode {
   step(m: Message): void {
     if (isLocalMessage(m.type)) return;
     if (m.from === this.raft.id || m.to !== this.raft.id) return;
+    // A response only means something from a member we asked; requests from
+    // strangers still count (a joining node hears from a leader it does not
+    // know yet).
+    if (isResponse(m.type) && !this.raft.tracker.progress.has(m.from)) return;
     try {
       this.raft.step(m);
     } catch (e) {
