@@ -3,7 +3,7 @@
 // or oversized is refused with an error, never thrown into the core.
 
 import { z } from "zod";
-import type { Entry, Message, Snapshot } from "../raft/index.js";
+import { type Entry, type Message, NETWORK_MESSAGE_TYPES, type Snapshot } from "../raft/index.js";
 
 /** Upper bound of one frame on a Raft stream (a snapshot travels in one frame). */
 export const MAX_FRAME_BYTES = 64 << 20;
@@ -30,22 +30,7 @@ const snapshotSchema = z.object({
 });
 
 const messageSchema = z.object({
-  type: z.enum([
-    "prop",
-    "app",
-    "appResp",
-    "vote",
-    "voteResp",
-    "preVote",
-    "preVoteResp",
-    "snap",
-    "heartbeat",
-    "heartbeatResp",
-    "transferLeader",
-    "timeoutNow",
-    "readIndex",
-    "readIndexResp",
-  ]),
+  type: z.enum(NETWORK_MESSAGE_TYPES),
   from: nodeId,
   to: nodeId,
   term: index,

@@ -131,6 +131,24 @@ export interface Ready {
   readonly mustSync: boolean;
 }
 
+/** The message types that travel between nodes (the rest are local). */
+export const NETWORK_MESSAGE_TYPES = [
+  "prop",
+  "app",
+  "appResp",
+  "vote",
+  "voteResp",
+  "preVote",
+  "preVoteResp",
+  "snap",
+  "heartbeat",
+  "heartbeatResp",
+  "transferLeader",
+  "timeoutNow",
+  "readIndex",
+  "readIndexResp",
+] as const satisfies readonly MessageType[];
+
 export function isLocalMessage(t: MessageType): boolean {
   return t === "hup" || t === "beat" || t === "checkQuorum" || t === "unreachable" || t === "snapStatus";
 }

@@ -27,8 +27,8 @@ import {
   type Entry,
   type HardState,
   type Message,
-  type MessageType,
   MemoryStorage,
+  NETWORK_MESSAGE_TYPES,
   type NodeId,
   NONE,
   RawNode,
@@ -280,22 +280,6 @@ function applyToConf(cs: ConfState, cc: ConfChange): ConfState {
 }
 
 const ROLES: readonly Role[] = ["follower", "preCandidate", "candidate", "leader"];
-const MESSAGE_TYPES: readonly MessageType[] = [
-  "prop",
-  "app",
-  "appResp",
-  "vote",
-  "voteResp",
-  "preVote",
-  "preVoteResp",
-  "snap",
-  "heartbeat",
-  "heartbeatResp",
-  "transferLeader",
-  "timeoutNow",
-  "readIndex",
-  "readIndexResp",
-];
 
 // ------------------------------------------------------------ environment
 
@@ -674,7 +658,7 @@ export class InteractionEnv {
   private deliverMsgsCmd(c: Command): void {
     if (c.args.length === 0) throw new UsageError("deliver-msgs ID...");
     const type = c.kv.get("type");
-    if (type !== undefined && !MESSAGE_TYPES.includes(type as MessageType)) throw new UsageError(`no message type ${type}`);
+    if (type !== undefined && !(NETWORK_MESSAGE_TYPES as readonly string[]).includes(type)) throw new UsageError(`no message type ${type}`);
     const from = c.kv.get("from");
     const drop = c.kv.get("drop") === "true";
     let n = 0;

@@ -146,7 +146,6 @@ class SimNode {
   retired = false;
   /** Last commit index persisted, to check it never goes back. */
   persistedCommit = 0;
-  lastRole = "";
   lastTerm = 0;
 
   constructor(
@@ -342,7 +341,6 @@ export class Simulation {
     n.kv = KvStore.decode(n.storage.snapshot().data);
     n.kv.applied = n.storage.snapshot().meta.index;
     n.persistedCommit = Math.max(n.persistedCommit, n.storage.hardState().commit);
-    n.lastRole = "follower";
     const inc = n.incarnation;
     // Each node ticks on its own phase.
     const phase = this.rng.int(0, TICK - 1);
@@ -749,7 +747,6 @@ export class Simulation {
     }
     if (r.term < n.lastTerm) this.violation(`${n.id} term went back from ${n.lastTerm} to ${r.term}`);
     n.lastTerm = r.term;
-    n.lastRole = r.role;
   }
 
   /** A new leader's log holds every entry committed before its term. */
