@@ -2,10 +2,7 @@
 // leader, restart and catch-up, a peer with the wrong secret, garbage on the
 // Raft stream.
 
-import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:http";
-import { tmpdir } from "node:os";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { noise } from "@chainsafe/libp2p-noise";
 import { yamux } from "@chainsafe/libp2p-yamux";
@@ -16,102 +13,14 @@ import { multiaddr } from "@multiformats/multiaddr";
 import { createLibp2p } from "libp2p";
 import t from "tap";
 import { RAFT_PROTOCOL, swarmKey } from "../net/host.js";
+import { ELECTION_MS, SECRET, TestCluster, api, status, until, whoLeads } from "./helpers/agents.js";
 
-const TICK_MS = 50;
-const ELECTION_MS = 10 * TICK_MS;
-const root = mkdtempSync(join(tmpdir(), "wharf-cluster-"));
-const secretFile = join(root, "secret");
-const SECRET = "test-cluster-secret-0123456789";
-writeFileSync(secretFile, SECRET);
-let nextPort = 42100 + Math.floor(Math.random() * 500) * 4;
-
-interface Proc {
-  name: string;
-  dir: string;
-  api: string;
-  port: number;
-  child: ChildProcess;
-  log: string;
-}
-const procs: Proc[] = [];
-
-t.teardown(() => {
-  for (const p of procs) p.child.kill("SIGKILL");
-  rmSync(root, { recursive: true, force: true });
-});
-
-function startAgent(name: string, mode: "bootstrap" | "restart" | { join: string }, secret = secretFile, port?: number): Proc {
-  const dir = join(root, name);
-  const p = port ?? nextPort++;
-  const args = [
-    "--import",
-    "tsx",
-    "src/cli/wharf-agent.ts",
-    mode === "bootstrap" || mode === "restart" ? "start" : "join",
-    ...(typeof mode === "object" ? [mode.join] : []),
-    "--data",
-    dir,
-    "--shared",
-    join(root, "shared"),
-    "--listen",
-    `/ip4/127.0.0.1/tcp/${p}`,
-    "--secret-file",
-    secret,
-    "--tick-ms",
-    String(TICK_MS),
-    "--snapshot-every",
-    "40",
-    ...(mode === "bootstrap" ? ["--bootstrap"] : []),
-  ];
-  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
-  const proc: Proc = { name, dir, api: join(dir, "api.sock"), port: p, child, log: "" };
-  child.stdout!.on("data", (d: Buffer) => (proc.log += d.toString()));
-  child.stderr!.on("data", (d: Buffer) => (proc.log += d.toString()));
-  procs.push(proc);
-  return proc;
-}
-
-function api(p: Proc, method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-  return new Promise((resolve, reject) => {
-    const data = body === undefined ? undefined : JSON.stringify(body);
-    const req = request({ socketPath: p.api, method, path, timeout: 15_000 }, (res) => {
-      let s = "";
-      res.on("data", (c: Buffer) => (s += c.toString()));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(s) }));
-    });
-    req.on("error", reject);
-    req.end(data);
-  });
-}
-
-async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 30_000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  while (Date.now() < end) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ""}`);
-}
-
-const status = async (p: Proc): Promise<any> => (await api(p, "GET", "/status")).body;
+const cluster = new TestCluster(["--snapshot-every", "40"]);
+t.teardown(() => cluster.stop());
 
 t.test("a three-agent cluster survives SIGKILL of its leader and the restart", async (t) => {
-  const a = startAgent("a", "bootstrap");
-  const sa = await until("agent a", async () => (existsSync(a.api) ? status(a) : undefined));
-  const peer = `/ip4/127.0.0.1/tcp/${a.port}/p2p/${sa.id}`;
-  const b = startAgent("b", { join: peer });
-  const c = startAgent("c", { join: peer });
-  const all = [a, b, c];
-  const full = await until("three voters", async () => {
-    const s = await status(a);
-    return s.members.filter((m: any) => m.role === "voter").length === 3 ? s : undefined;
-  });
+  const all = await cluster.form(["a", "b", "c"], 3);
+  const full = await status(all[0]!);
   t.equal(full.members.length, 3);
   t.ok(full.members.every((m: any) => m.addrs.length > 0), "every member has addresses");
 
@@ -124,7 +33,7 @@ t.test("a three-agent cluster survives SIGKILL of its leader and the restart", a
     acked.set(`k${i}`, `v${i}`);
   }
 
-  const s0 = await status(a);
+  const s0 = await status(all[0]!);
   const leader = await whoLeads(all, s0.leader);
   const killedAt = Date.now();
   leader.child.kill("SIGKILL");
@@ -150,7 +59,7 @@ t.test("a three-agent cluster survives SIGKILL of its leader and the restart", a
     t.equal(r.status, 200);
     acked.set(`k${i}`, `v${i}`);
   }
-  const restarted = startAgent(leader.name, "restart", secretFile, leader.port);
+  const restarted = cluster.restart(leader);
   const target = (await status(survivors[0]!)).commitIndex;
   await until("the restarted agent catches up", async () => {
     const s = existsSync(restarted.api) ? await status(restarted) : undefined;
@@ -161,9 +70,9 @@ t.test("a three-agent cluster survives SIGKILL of its leader and the restart", a
   t.match(restarted.log, /agent started/);
 
   await t.test("an agent with the wrong secret is refused", async (t) => {
-    const bad = join(root, "bad-secret");
+    const bad = join(cluster.root, "bad-secret");
     writeFileSync(bad, "not-the-cluster-secret-at-all");
-    const p = startAgent("intruder", { join: `/ip4/127.0.0.1/tcp/${survivors[0]!.port}/p2p/${(await status(survivors[0]!)).id}` }, bad);
+    const p = cluster.start("intruder", { join: cluster.peerAddr(survivors[0]!, (await status(survivors[0]!)).id) }, { secretFile: bad });
     const code = await new Promise<number | null>((r) => p.child.once("exit", r));
     t.equal(code, 6, "exit code of a wrong secret");
     t.match(p.log, /wrong cluster secret/);
@@ -204,10 +113,3 @@ t.test("a three-agent cluster survives SIGKILL of its leader and the restart", a
     t.equal(r.status, 200, "and still serving");
   });
 });
-
-async function whoLeads(ps: Proc[], id: string): Promise<Proc> {
-  for (const p of ps) if ((await status(p)).id === id) return p;
-  throw new Error(`no process is leader ${id}`);
-}
-
-

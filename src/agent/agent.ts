@@ -8,6 +8,7 @@ import { Host, newIdentity } from "../../net/host.js";
 import { NONE, type Snapshot } from "../../raft/index.js";
 import { LogStore } from "../../store/logstore.js";
 import { WharfError } from "../errors.js";
+import { createRaftMetrics, serveMetrics } from "./metrics.js";
 import { RaftNode } from "./raftnode.js";
 
 export interface AgentOptions {
@@ -22,10 +23,14 @@ export interface AgentOptions {
   readonly snapshotEvery?: number;
   /** A voter not heard from for this long is replaced by a live learner. */
   readonly deadVoterMs?: number;
+  /** HOST:PORT for the Prometheus endpoint. */
+  readonly metricsAddr?: string;
 }
 
 export class Agent {
   private upkeep: NodeJS.Timeout | undefined;
+  private stopMetrics: (() => Promise<void>) | undefined;
+  private readonly startedAt = Date.now();
 
   private constructor(
     readonly opts: AgentOptions,
@@ -65,7 +70,12 @@ export class Agent {
         await store.persist({ snapshot: boot, hardState: { term: 1, vote: NONE, commit: 1 }, entries: [] });
         await store.putMeta("cluster", `${host.id}@${Date.now()}`);
       }
-      const node = new RaftNode({
+      const metrics = createRaftMetrics(() => node);
+      const node: RaftNode = new RaftNode({
+        metrics: {
+          observeProposal: (s) => metrics.proposalSeconds.observe(s),
+          leaderChanged: () => metrics.leaderChanges.inc(),
+        },
         id: host.id,
         store,
         send: (m) => {
@@ -92,6 +102,7 @@ export class Agent {
       node.start();
       if (opts.bootstrap && empty) node.rn.campaign();
       agent.upkeep = setInterval(() => void agent.maintain(), 500);
+      if (opts.metricsAddr) agent.stopMetrics = await serveMetrics(metrics.registry, opts.metricsAddr);
       opts.log.info({ id: host.id, addrs: host.addrs() }, "agent started");
       return agent;
     } catch (e) {
@@ -142,18 +153,44 @@ export class Agent {
       }
       const want = Math.min(5, this.opts.voters ?? 3);
       const voters = st.confState.voters;
-      const caughtUp = (id: string): boolean => (st.progress.get(id)?.match ?? 0) >= st.commit - 10;
+      const caughtUp = (id: string): boolean =>
+        this.isAlive(id) && (st.progress.get(id)?.match ?? 0) >= st.commit - 10;
       const learner = st.confState.learners.find(caughtUp);
       if (voters.length < want && learner) {
         await this.node.changeMembership({ type: "addVoter", node: learner }, signal);
+        return;
+      }
+      // A voter silent for long is replaced by a live learner: removed now,
+      // the learner promoted on a later round (one change at a time).
+      const deadMs = this.opts.deadVoterMs ?? 30_000;
+      const dead = voters.find((v) => v !== this.id && this.silentFor(v) > deadMs);
+      if (dead && learner) {
+        this.opts.log.warn({ voter: dead, replacement: learner }, "replacing a dead voter");
+        await this.node.changeMembership({ type: "removeNode", node: dead }, signal);
       }
     } catch (e) {
       if (!(e instanceof WharfError)) this.opts.log.warn({ err: (e as Error).message }, "membership upkeep failed");
     }
   }
 
+  /** Milliseconds since `id` was last heard from (since start, if never). */
+  silentFor(id: string): number {
+    if (id === this.id) return 0;
+    return Date.now() - (this.node.lastHeard.get(id) ?? this.startedAt);
+  }
+
+  /**
+   * Liveness as this agent sees it: heard from within three election
+   * timeouts. The leader hears from every member; a follower only from the
+   * leader, so elsewhere only the leader's and its own liveness are known.
+   */
+  isAlive(id: string): boolean {
+    return this.silentFor(id) < 30 * (this.opts.tickMs ?? 100);
+  }
+
   async stop(): Promise<void> {
     if (this.upkeep) clearInterval(this.upkeep);
+    await this.stopMetrics?.();
     await this.node.stop();
     await this.host.stop();
     await this.store.close();

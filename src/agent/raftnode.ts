@@ -30,6 +30,7 @@ export interface RaftNodeOptions {
   readonly log: { info(o: object, m: string): void; warn(o: object, m: string): void; error(o: object, m: string): void };
   /** Called after each applied entry (metrics, watchers). */
   readonly onApplied?: (e: Entry, state: ClusterState) => void;
+  readonly metrics?: { observeProposal(seconds: number): void; leaderChanged(): void };
 }
 
 interface Waiter {
@@ -54,9 +55,9 @@ export class RaftNode {
   private readonly reads = new Map<string, { index?: number; resolve(): void; reject(e: Error): void }>();
   private readonly appliedWaiters: { index: number; resolve(): void }[] = [];
   private snapshotting = false;
-  /** Leader changes seen, for metrics. */
-  leaderChanges = 0;
   private lastLeader = "";
+  /** When each peer was last heard from (ms since the epoch), for liveness. */
+  readonly lastHeard = new Map<NodeId, number>();
 
   constructor(opts: RaftNodeOptions) {
     this.opts = opts;
@@ -99,6 +100,7 @@ export class RaftNode {
   /** A message from a peer. */
   step(m: Message): void {
     if (this.stopped) return;
+    this.lastHeard.set(m.from, Date.now());
     this.rn.step(m);
     this.kick();
   }
@@ -111,7 +113,10 @@ export class RaftNode {
   propose(cmd: Command, signal?: AbortSignal): Promise<ApplyResult> {
     const rid = randomUUID();
     const env = envelopeSchema.parse({ rid, at: Date.now(), cmd });
-    return this.wait(rid, signal, () => this.rn.propose(enc.encode(JSON.stringify(env))));
+    const t0 = performance.now();
+    const done = this.wait(rid, signal, () => this.rn.propose(enc.encode(JSON.stringify(env))));
+    const m = this.opts.metrics;
+    return m ? done.then((r) => (m.observeProposal((performance.now() - t0) / 1000), r)) : done;
   }
 
   /** Proposes a membership change; resolves once it is applied here. */
@@ -239,7 +244,7 @@ export class RaftNode {
 
   private async handleReady(rd: Ready): Promise<void> {
     if (rd.softState && rd.softState.leader !== this.lastLeader) {
-      if (rd.softState.leader !== "") this.leaderChanges++;
+      if (rd.softState.leader !== "") this.opts.metrics?.leaderChanged();
       this.lastLeader = rd.softState.leader;
       this.opts.log.info({ leader: rd.softState.leader, role: rd.softState.role, term: this.rn.raft.term }, "leader changed");
     }

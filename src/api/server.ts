@@ -44,12 +44,9 @@ function parse<T>(schema: z.ZodType<T>, v: unknown): T {
 
 export function statusOf(agent: Agent): object {
   const st = agent.node.status();
-  const alive = (id: string): boolean => {
-    if (id === agent.id) return true;
-    const p = st.progress.get(id);
-    // Only the leader tracks who answers; elsewhere, members are assumed alive.
-    return st.role === "leader" ? (agent.node.rn.raft.tracker.progress.get(id)?.recentActive ?? false) || p === undefined : true;
-  };
+  // Only the leader hears from every member; a follower reports the
+  // liveness of the leader and itself, and assumes the others alive.
+  const alive = (id: string): boolean => (st.role === "leader" || id === st.lead ? agent.isAlive(id) : true);
   const members = [
     ...st.confState.voters.map((id) => ({ id, role: "voter" as const })),
     ...st.confState.learners.map((id) => ({ id, role: "learner" as const })),
@@ -59,6 +56,7 @@ export function statusOf(agent: Agent): object {
     leader: st.lead,
     role: st.role,
     term: st.term,
+    vote: st.vote,
     commitIndex: st.commit,
     appliedIndex: agent.node.state.applied,
     members,

@@ -18,6 +18,8 @@ interface Flags {
   voters: string;
   tickMs: string;
   snapshotEvery: string;
+  metrics?: string;
+  deadVoterMs: string;
 }
 
 const program = new Command("wharf-agent").description("A wharf agent: one per container host.");
@@ -31,7 +33,9 @@ function withAgentFlags(c: Command): Command {
     .requiredOption("--secret-file <file>", "file holding the cluster secret")
     .option("--voters <n>", "voters the cluster keeps (3 or 5)", "3")
     .option("--tick-ms <ms>", "Raft tick (election timeout is 10 ticks)", "100")
-    .option("--snapshot-every <n>", "snapshot and compact the log every N entries", "10000");
+    .option("--snapshot-every <n>", "snapshot and compact the log every N entries", "10000")
+    .option("--metrics <host:port>", "serve Prometheus metrics at http://HOST:PORT/metrics")
+    .option("--dead-voter-ms <ms>", "replace a voter silent this long by a live learner", "30000");
 }
 
 async function run(flags: Flags, bootstrap: boolean, peer?: string): Promise<void> {
@@ -52,6 +56,8 @@ async function run(flags: Flags, bootstrap: boolean, peer?: string): Promise<voi
     voters,
     tickMs: Number(flags.tickMs),
     snapshotEvery: Number(flags.snapshotEvery),
+    deadVoterMs: Number(flags.deadVoterMs),
+    ...(flags.metrics ? { metricsAddr: flags.metrics } : {}),
   });
   const controller = new AbortController();
   let stopping = false;
