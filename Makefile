@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
 SEEDS ?= 200
 STEPS ?= 3000
 
-.PHONY: all install demo test typecheck sim sim-bugs clean
+.PHONY: all install demo test typecheck sim sim-bugs bench-raft clean
 
 all: test
 
@@ -36,6 +36,11 @@ sim-bugs: install
 	  if tsx test/sim/main.ts --seeds $(SEEDS) --steps $(STEPS) --bug $$b --stop-on-failure > /dev/null; \
 	  then echo "NOT DETECTED: $$b"; exit 1; else echo "detected: $$b"; fi; \
 	done
+
+# Raft throughput and latency beside a 3-member etcd 3.4 on loopback.
+bench-raft: install
+	@command -v etcd > /dev/null || (apt-get update -qq && apt-get install -y -qq etcd-server > /dev/null)
+	tsx bench/raft.ts
 
 clean:
 	rm -rf dist .tap coverage
