@@ -51,7 +51,8 @@ class PeerLink {
   private queue: Uint8Array[] = [];
   private queuedBytes = 0;
   private writing = false;
-  private stream: Stream | undefined;
+  /** The stream and its length-prefixed writer, made once per stream (each wrapper listens on it). */
+  private out: { stream: Stream; lp: ReturnType<typeof lpStream> } | undefined;
   addrs: string[] = [];
 
   constructor(
@@ -72,16 +73,19 @@ class PeerLink {
     this.writing = true;
     try {
       while (this.queue.length > 0) {
-        const stream = this.stream ?? (this.stream = await this.host.dialRaft(this.id, this.addrs));
+        if (!this.out) {
+          const stream = await this.host.dialRaft(this.id, this.addrs);
+          this.out = { stream, lp: lpStream(stream, { maxDataLength: MAX_FRAME_BYTES }) };
+        }
         const batch = this.queue;
         this.queue = [];
         this.queuedBytes = 0;
-        await lpStream(stream, { maxDataLength: MAX_FRAME_BYTES }).writeV(batch);
+        await this.out.lp.writeV(batch);
       }
     } catch (e) {
       this.host.log.warn({ peer: this.id, err: (e as Error).message }, "raft link to peer failed; dropping its queue");
-      this.stream?.abort(e as Error);
-      this.stream = undefined;
+      this.out?.stream.abort(e as Error);
+      this.out = undefined;
       this.queue = [];
       this.queuedBytes = 0;
       this.host.onUnreachable?.(this.id);
@@ -91,8 +95,8 @@ class PeerLink {
   }
 
   close(): void {
-    this.stream?.abort(new Error("closing"));
-    this.stream = undefined;
+    this.out?.stream.abort(new Error("closing"));
+    this.out = undefined;
   }
 }
 

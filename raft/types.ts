@@ -116,7 +116,11 @@ export interface ReadState {
  *    replaces it and everything after it) and `hardState`, synced to disk
  *    when `mustSync`.
  * 3. Only then send `messages`: some of them (votes, append acknowledgements)
- *    promise that the writes above are durable.
+ *    promise that the writes above are durable. The ones for which
+ *    `sendableBeforePersist` holds promise nothing about this node's disk
+ *    and may leave before step 2, so that a leader's own write runs in
+ *    parallel with replication (the leader counts its own copy only after
+ *    advance()).
  * 4. Apply `committedEntries` in order, answer `readStates` once applied.
  * 5. Call `advance(ready)`.
  */
@@ -148,6 +152,27 @@ export const NETWORK_MESSAGE_TYPES = [
   "readIndex",
   "readIndexResp",
 ] as const satisfies readonly MessageType[];
+
+/**
+ * Messages that do not depend on the writes of the Ready carrying them: a
+ * leader's appends, heartbeats, snapshots and transfer orders (their commit
+ * index was computed from durable acknowledgements), and requests forwarded
+ * to the leader.
+ */
+export function sendableBeforePersist(m: Message): boolean {
+  switch (m.type) {
+    case "app":
+    case "heartbeat":
+    case "snap":
+    case "timeoutNow":
+    case "prop":
+    case "readIndex":
+    case "transferLeader":
+      return true;
+    default:
+      return false;
+  }
+}
 
 export function isLocalMessage(t: MessageType): boolean {
   return t === "hup" || t === "beat" || t === "checkQuorum" || t === "unreachable" || t === "snapStatus";

@@ -66,6 +66,11 @@ export interface PersistRequest {
   readonly hardState?: HardState;
   readonly entries: readonly Entry[];
   readonly snapshot?: Snapshot;
+  /**
+   * fsync before returning (default). Only a change of the commit index
+   * alone may skip it: a lost commit index is learnt again from the leader.
+   */
+  readonly sync?: boolean;
 }
 
 export class LogStore {
@@ -115,7 +120,7 @@ export class LogStore {
     }
     if (r.hardState) ops.push({ type: "put", key: HARD_STATE, value: enc.encode(JSON.stringify(r.hardState)) });
     if (ops.length === 0) return;
-    await this.db.batch(ops, { sync: true });
+    await this.db.batch(ops, { sync: r.sync ?? true });
     if (r.snapshot) mem.applySnapshot(r.snapshot);
     mem.append(r.entries);
     if (r.hardState) mem.setHardState(r.hardState);

@@ -14,6 +14,7 @@ import {
   type Ready,
   type Status,
   isRaftError,
+  sendableBeforePersist,
 } from "../../raft/index.js";
 import type { LogStore } from "../../store/logstore.js";
 import { type ApplyResult, type Command, ClusterState, envelopeSchema } from "../../store/state.js";
@@ -248,18 +249,21 @@ export class RaftNode {
       this.lastLeader = rd.softState.leader;
       this.opts.log.info({ leader: rd.softState.leader, role: rd.softState.role, term: this.rn.raft.term }, "leader changed");
     }
+    // A leader's appends go out while its own write is under way.
+    for (const m of rd.messages) if (sendableBeforePersist(m)) this.opts.send(m);
     if (rd.snapshot || rd.entries.length > 0 || rd.hardState) {
       await this.store.persist({
         ...(rd.hardState ? { hardState: rd.hardState } : {}),
         entries: rd.entries,
         ...(rd.snapshot ? { snapshot: rd.snapshot } : {}),
+        sync: rd.mustSync,
       });
     }
     if (rd.snapshot) {
       this.state = ClusterState.decode(rd.snapshot.data);
       this.state.applied = rd.snapshot.meta.index;
     }
-    for (const m of rd.messages) this.opts.send(m);
+    for (const m of rd.messages) if (!sendableBeforePersist(m)) this.opts.send(m);
     for (const e of rd.committedEntries) this.apply(e);
     for (const rs of rd.readStates) {
       const r = this.reads.get(rs.context);

@@ -20,6 +20,7 @@ import {
   type Snapshot,
   decodeConfChange,
   isRaftError,
+  sendableBeforePersist,
 } from "../../raft/index.js";
 import type { KvInput, KvOperation, KvOutput } from "./kvmodel.js";
 import { Prng } from "./prng.js";
@@ -146,7 +147,8 @@ class SimNode {
   retired = false;
   /** Last commit index persisted, to check it never goes back. */
   persistedCommit = 0;
-  lastTerm = 0;
+  /** Last term persisted: a term once durable never goes back. */
+  persistedTerm = 0;
 
   constructor(
     readonly id: NodeId,
@@ -394,6 +396,12 @@ export class Simulation {
     const wasLeader = rn.raft.role === "leader";
     const rd = rn.ready();
     this.checkRoles(n);
+    // What may leave before the disk write does (a leader's appends run in
+    // parallel with its own write); a crash before the write then leaves
+    // followers with entries the leader lost.
+    const early = rd.messages.filter(sendableBeforePersist);
+    for (const m of early) this.send(n, m);
+    if (early.length > 0 && this.crashPoint(n, rd, "sentEarly", wasLeader)) return;
     if (rd.snapshot) {
       n.storage.applySnapshot(rd.snapshot);
       n.kv = KvStore.decode(rd.snapshot.data);
@@ -409,6 +417,10 @@ export class Simulation {
         this.violation(`${n.id} commit index went back from ${n.persistedCommit} to ${rd.hardState.commit}`);
       }
       n.persistedCommit = Math.max(n.persistedCommit, rd.hardState.commit);
+      if (rd.hardState.term < n.persistedTerm) {
+        this.violation(`${n.id} persisted term went back from ${n.persistedTerm} to ${rd.hardState.term}`);
+      }
+      n.persistedTerm = rd.hardState.term;
       n.storage.setHardState(rd.hardState);
       if (wasLeader) this.checkDurableQuorum(n, rd.hardState.commit, voters);
     }
@@ -417,7 +429,7 @@ export class Simulation {
     if (this.crashPoint(n, rd, "persisted", wasLeader)) return;
     this.apply(n, rd);
     if (this.crashPoint(n, rd, "applied", wasLeader)) return;
-    for (const m of rd.messages) this.send(n, m);
+    for (const m of rd.messages) if (!sendableBeforePersist(m)) this.send(n, m);
     rn.advance(rd);
     this.maybeCompact(n);
     this.crashPoint(n, rd, "sent", wasLeader);
@@ -431,10 +443,12 @@ export class Simulation {
    * a node dying right after it granted a vote (a vote not made durable is
    * forgotten). The process comes back at once or later.
    */
-  private crashPoint(n: SimNode, rd: Ready, stage: "persisted" | "applied" | "sent", wasLeader: boolean): boolean {
+  private crashPoint(n: SimNode, rd: Ready, stage: "sentEarly" | "persisted" | "applied" | "sent", wasLeader: boolean): boolean {
     if (this.quiet || (rd.entries.length === 0 && !rd.hardState)) return false;
     let weight: number;
-    if (stage === "persisted") {
+    if (stage === "sentEarly") {
+      weight = wasLeader && rd.entries.length > 0 ? 1 : 0;
+    } else if (stage === "persisted") {
       weight = rd.softState?.role === "leader" ? 4 : 0.5;
     } else if (stage === "applied") {
       weight = wasLeader && rd.committedEntries.length > 0 ? 8 : 0;
@@ -745,8 +759,6 @@ export class Simulation {
         this.violation(`two leaders in term ${r.term}: ${prev} and ${n.id}`);
       }
     }
-    if (r.term < n.lastTerm) this.violation(`${n.id} term went back from ${n.lastTerm} to ${r.term}`);
-    n.lastTerm = r.term;
   }
 
   /** A new leader's log holds every entry committed before its term. */
