@@ -7,6 +7,7 @@ import { createHash } from "node:crypto";
 import { noise } from "@chainsafe/libp2p-noise";
 import { yamux } from "@chainsafe/libp2p-yamux";
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from "@libp2p/crypto/keys";
+import { gossipsub } from "@libp2p/gossipsub";
 import { identify } from "@libp2p/identify";
 import type { PrivateKey, Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
@@ -22,9 +23,19 @@ import { MAX_FRAME_BYTES, MalformedMessageError, decodeMessage, encodeMessage } 
 export const RAFT_PROTOCOL = "/wharf/raft/1";
 export const JOIN_PROTOCOL = "/wharf/join/1";
 
-const joinRequestSchema = z.object({ id: z.string().min(1).max(128), addrs: z.array(z.string().max(256)).max(16) });
+const joinRequestSchema = z.object({
+  id: z.string().min(1).max(128),
+  addrs: z.array(z.string().max(256)).max(16),
+  /** The cluster the joiner's data dir already belongs to, if any. */
+  cluster: z.string().max(256).optional(),
+});
 export type JoinRequest = z.infer<typeof joinRequestSchema>;
-const joinResponseSchema = z.object({ ok: z.boolean(), error: z.string().max(1024).optional() });
+const joinResponseSchema = z.object({
+  ok: z.boolean(),
+  cluster: z.string().max(256).optional(),
+  code: z.string().max(64).optional(),
+  error: z.string().max(1024).optional(),
+});
 export type JoinResponse = z.infer<typeof joinResponseSchema>;
 
 export interface HostLogger {
@@ -110,11 +121,12 @@ export interface HostOptions {
 export class Host {
   readonly id: NodeId;
   private readonly links = new Map<NodeId, PeerLink>();
+  private readonly hintHandlers = new Map<string, (data: Uint8Array) => void>();
   onMessage?: (m: Message) => void;
   onUnreachable?: (id: NodeId) => void;
 
   private constructor(
-    readonly node: Libp2p,
+    readonly node: Libp2p<{ pubsub: ReturnType<ReturnType<typeof gossipsub>> }>,
     readonly log: HostLogger,
   ) {
     this.id = node.peerId.toString();
@@ -128,9 +140,18 @@ export class Host {
       connectionEncrypters: [noise()],
       streamMuxers: [yamux()],
       connectionProtector: preSharedKey({ psk: swarmKey(o.secret) }),
-      services: { identify: identify() },
+      services: {
+        identify: identify(),
+        // Hints only (transfer progress, "layer committed"): never the truth,
+        // which is the replicated log. Publishing with no peer is not an error.
+        pubsub: gossipsub({ allowPublishToZeroTopicPeers: true, emitSelf: false }),
+      },
     });
     const h = new Host(node, o.log);
+    node.services.pubsub.addEventListener("message", (evt) => {
+      const { topic, data } = evt.detail;
+      h.hintHandlers.get(topic)?.(data);
+    });
     await node.handle(RAFT_PROTOCOL, (stream, conn) => h.readRaft(stream, conn.remotePeer.toString()), {
       maxInboundStreams: 4,
     });
@@ -138,17 +159,17 @@ export class Host {
   }
 
   /** Serves join requests: `handler` admits the peer to the cluster (or throws why not). */
-  async serveJoin(handler: (req: JoinRequest) => Promise<void>): Promise<void> {
+  async serveJoin(handler: (req: JoinRequest) => Promise<string>): Promise<void> {
     await this.node.handle(JOIN_PROTOCOL, async (stream, conn) => {
       const lp = lpStream(stream, { maxDataLength: 64 << 10 });
       let res: JoinResponse;
       try {
         const req = joinRequestSchema.parse(JSON.parse(new TextDecoder().decode((await lp.read()).subarray())));
         if (req.id !== conn.remotePeer.toString()) throw new Error("join request for another peer id");
-        await handler(req);
-        res = { ok: true };
+        res = { ok: true, cluster: await handler(req) };
       } catch (e) {
-        res = { ok: false, error: (e as Error).message };
+        const code = (e as { code?: unknown }).code;
+        res = { ok: false, error: (e as Error).message, ...(typeof code === "string" ? { code } : {}) };
       }
       try {
         await lp.write(new TextEncoder().encode(JSON.stringify(res)));
@@ -160,13 +181,25 @@ export class Host {
   }
 
   /** Asks the agent at `peer` to admit us to its cluster. */
-  async join(peer: string, signal: AbortSignal): Promise<JoinResponse> {
+  async join(peer: string, cluster: string | undefined, signal: AbortSignal): Promise<JoinResponse> {
     const stream = await this.node.dialProtocol(multiaddr(peer), JOIN_PROTOCOL, { signal });
     const lp = lpStream(stream, { maxDataLength: 64 << 10 });
-    await lp.write(new TextEncoder().encode(JSON.stringify({ id: this.id, addrs: this.addrs() } satisfies JoinRequest)), { signal });
+    const req: JoinRequest = { id: this.id, addrs: this.addrs(), ...(cluster !== undefined ? { cluster } : {}) };
+    await lp.write(new TextEncoder().encode(JSON.stringify(req)), { signal });
     const res = joinResponseSchema.parse(JSON.parse(new TextDecoder().decode((await lp.read({ signal })).subarray())));
     await stream.close().catch(() => undefined);
     return res;
+  }
+
+  /** Receives the hints published on `topic` (untrusted bytes: validate them). */
+  onHint(topic: string, handler: (data: Uint8Array) => void): void {
+    this.hintHandlers.set(topic, handler);
+    this.node.services.pubsub.subscribe(topic);
+  }
+
+  /** Publishes a hint; best effort (dropped when no peer listens yet). */
+  async publishHint(topic: string, data: Uint8Array): Promise<void> {
+    await this.node.services.pubsub.publish(topic, data);
   }
 
   addrs(): string[] {

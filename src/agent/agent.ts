@@ -23,6 +23,8 @@ export interface AgentOptions {
   readonly snapshotEvery?: number;
   /** A voter not heard from for this long is replaced by a live learner. */
   readonly deadVoterMs?: number;
+  /** Started by `join`: an empty data dir waits to be admitted. */
+  readonly joining?: boolean;
   /** HOST:PORT for the Prometheus endpoint. */
   readonly metricsAddr?: string;
 }
@@ -37,7 +39,7 @@ export class Agent {
     readonly store: LogStore,
     readonly host: Host,
     readonly node: RaftNode,
-    readonly clusterId: string,
+    public clusterId: string,
   ) {}
 
   get id(): string {
@@ -48,6 +50,10 @@ export class Agent {
     await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
     const store = await LogStore.open(join(opts.dataDir, "raft"));
     try {
+      const empty = store.mem.lastIndex() === 0;
+      if (empty && !opts.bootstrap && opts.joining !== true) {
+        throw new WharfError("INVALID_ARGUMENT", `${opts.dataDir} holds no cluster: pass --bootstrap to found one, or use join`);
+      }
       let identity = await store.getMeta("identity");
       if (identity === undefined) {
         identity = Buffer.from(await newIdentity()).toString("base64");
@@ -59,7 +65,6 @@ export class Agent {
         secret: opts.secret,
         log: opts.log,
       });
-      const empty = store.mem.lastIndex() === 0;
       if (opts.bootstrap && empty) {
         // The founding agent starts from a snapshot holding a configuration of
         // itself alone; agents that join start empty and get a snapshot.
@@ -85,19 +90,27 @@ export class Agent {
         snapshotEvery: opts.snapshotEvery ?? 10_000,
         log: opts.log,
       });
+      const agent = new Agent(opts, store, host, node, (await store.getMeta("cluster")) ?? "");
       host.onMessage = (m) => node.step(m);
       // Admitting a peer: record its addresses, then add it as a learner; the
       // leader's upkeep promotes it once it has caught up.
       await host.serveJoin(async (req) => {
+        if (req.cluster !== undefined && req.cluster !== agent.clusterId) {
+          throw new WharfError(
+            "WRONG_CLUSTER",
+            `the joiner's data dir belongs to cluster ${req.cluster}, this is cluster ${agent.clusterId}`,
+          );
+        }
         const signal = AbortSignal.timeout(10_000);
         await node.propose({ type: "member", id: req.id, addrs: req.addrs }, signal);
         const cs = node.status().confState;
         if (!cs.voters.includes(req.id) && !cs.learners.includes(req.id)) {
           await node.changeMembership({ type: "addLearner", node: req.id }, signal);
         }
+        return agent.clusterId;
       });
       host.onUnreachable = (id) => node.rn.reportUnreachable(id);
-      const agent = new Agent(opts, store, host, node, (await store.getMeta("cluster")) ?? "");
+
       agent.refreshPeers();
       node.start();
       if (opts.bootstrap && empty) node.rn.campaign();
@@ -116,10 +129,19 @@ export class Agent {
     let last = "";
     while (!signal.aborted) {
       try {
-        const res = await this.host.join(peer, AbortSignal.any([signal, AbortSignal.timeout(15_000)]));
-        if (res.ok) return;
+        const known = this.clusterId === "" ? undefined : this.clusterId;
+        const res = await this.host.join(peer, known, AbortSignal.any([signal, AbortSignal.timeout(15_000)]));
+        if (res.ok) {
+          if (known === undefined && res.cluster) {
+            await this.store.putMeta("cluster", res.cluster);
+            this.clusterId = res.cluster;
+          }
+          return;
+        }
+        if (res.code === "WRONG_CLUSTER") throw new WharfError("WRONG_CLUSTER", `could not join ${peer}: ${res.error}`);
         last = res.error ?? "refused";
       } catch (e) {
+        if (e instanceof WharfError) throw e;
         last = (e as Error).message;
         if (/EncryptionFailed|ECONNRESET|handshake/i.test(`${(e as Error).name} ${last}`)) {
           throw new WharfError("WRONG_SECRET", `could not join ${peer}: the handshake failed (wrong cluster secret?)`);

@@ -52,6 +52,7 @@ async function run(flags: Flags, bootstrap: boolean, peer?: string): Promise<voi
     listen: [flags.listen],
     secret,
     bootstrap,
+    joining: peer !== undefined,
     log,
     voters,
     tickMs: Number(flags.tickMs),
@@ -73,7 +74,9 @@ async function run(flags: Flags, bootstrap: boolean, peer?: string): Promise<voi
   closeApi = await serveApi(agent, flags.api ?? join(flags.data, "api.sock"), () => void shutdown());
   process.once("SIGINT", () => void shutdown());
   process.once("SIGTERM", () => void shutdown());
-  if (peer !== undefined && agent.node.status().confState.voters.length + agent.node.status().confState.learners.length === 0) {
+  // Joining again with a data dir that is already a member is harmless, and
+  // tells a data dir of another cluster apart.
+  if (peer !== undefined) {
     try {
       await agent.joinCluster(peer, controller.signal);
       log.info({ peer }, "joined the cluster");

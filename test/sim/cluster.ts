@@ -263,6 +263,8 @@ export class Simulation {
   private readonly checkQuorum: boolean;
   private readonly maxSizePerMsg: number;
   private readonly maxInflightMsgs: number;
+  /** Whether the driver sends what it may before the disk write (both are valid drivers). */
+  private readonly earlySend: boolean;
   /** Chance of a crash right after a Ready that changed the hard state. */
   private readonly crashiness: number;
   private quiet = false;
@@ -289,6 +291,7 @@ export class Simulation {
     this.maxSizePerMsg = this.rng.pick([1, 256, 4096]);
     this.maxInflightMsgs = this.rng.pick([1, 4, 64]);
     this.crashiness = this.rng.pick([0.005, 0.02, 0.05]);
+    this.earlySend = this.rng.chance(0.5);
     const voters = this.rng.pick([1, 3, 3, 3, 5]);
     const ids: NodeId[] = [];
     for (let i = 0; i < voters; i++) ids.push(this.newNodeId());
@@ -399,7 +402,7 @@ export class Simulation {
     // What may leave before the disk write does (a leader's appends run in
     // parallel with its own write); a crash before the write then leaves
     // followers with entries the leader lost.
-    const early = rd.messages.filter(sendableBeforePersist);
+    const early = this.earlySend ? rd.messages.filter(sendableBeforePersist) : [];
     for (const m of early) this.send(n, m);
     if (early.length > 0 && this.crashPoint(n, rd, "sentEarly", wasLeader)) return;
     if (rd.snapshot) {
@@ -429,7 +432,7 @@ export class Simulation {
     if (this.crashPoint(n, rd, "persisted", wasLeader)) return;
     this.apply(n, rd);
     if (this.crashPoint(n, rd, "applied", wasLeader)) return;
-    for (const m of rd.messages) if (!sendableBeforePersist(m)) this.send(n, m);
+    for (const m of rd.messages) if (!early.includes(m)) this.send(n, m);
     rn.advance(rd);
     this.maybeCompact(n);
     this.crashPoint(n, rd, "sent", wasLeader);
@@ -816,22 +819,38 @@ export class Simulation {
   private checkDurableQuorum(n: SimNode, commit: number, voters: readonly NodeId[]): void {
     const t = n.rn!.raft.log.term(commit);
     if (t === undefined) return;
-    let durable = 0;
-    for (const v of voters) {
-      const st = this.nodes.get(v)?.storage;
-      if (!st) continue;
-      if (st.snapshot().meta.index >= commit) {
-        durable++;
-        continue;
-      }
+    const disks = voters.flatMap((id) => {
+      const st = this.nodes.get(id)?.storage;
+      if (!st) return [];
+      let holds = st.snapshot().meta.index >= commit;
       try {
-        if (commit <= st.lastIndex() && st.term(commit) === t) durable++;
+        holds ||= commit <= st.lastIndex() && st.term(commit) === t;
       } catch {
-        /* compacted: covered by the snapshot check above */
+        /* compacted: covered by the snapshot */
       }
-    }
-    if (durable < Math.floor(voters.length / 2) + 1) {
+      return [{ id, holds, lastIndex: st.lastIndex(), lastTerm: st.term(st.lastIndex()) }];
+    });
+    const quorum = Math.floor(voters.length / 2) + 1;
+    const durable = disks.filter((d) => d.holds).length;
+    if (durable < quorum) {
       this.violation(`leader ${n.id} committed ${commit}/${t}, durable on only ${durable} of ${voters.length} voters`);
+      return;
+    }
+    // What makes a commit final (§5.4): no voter without the entry can be
+    // elected, because a majority holds a log more up to date than its own.
+    // Raft's commit rule guarantees it at the moment of commit; committing an
+    // entry of an earlier term by counting does not (Figure 8).
+    for (const v of disks) {
+      if (v.holds) continue;
+      const wouldVote = disks.filter(
+        (w) => v.lastTerm > w.lastTerm || (v.lastTerm === w.lastTerm && v.lastIndex >= w.lastIndex),
+      ).length;
+      if (wouldVote >= quorum) {
+        this.violation(
+          `leader ${n.id} committed ${commit}/${t}, but ${v.id} (last ${v.lastIndex}/${v.lastTerm}) lacks it and could win an election`,
+        );
+        return;
+      }
     }
   }
 
