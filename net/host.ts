@@ -254,6 +254,9 @@ export class Host {
     } catch (e) {
       // The stream ended, or its framing broke (an oversized length prefix):
       // drop it; the peer dials again.
+      if (stream.status === "open") {
+        this.log.warn({ peer: remote, err: (e as Error).message }, "dropped a Raft stream with broken framing");
+      }
       stream.abort(e as Error);
     }
   }

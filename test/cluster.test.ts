@@ -102,6 +102,10 @@ t.test("a three-agent cluster survives SIGKILL of its leader and the restart", a
       ];
       for (const f of frames) await lp.write(new TextEncoder().encode(f));
       await new Promise((r) => setTimeout(r, 300));
+      // A length prefix announcing a frame of gigabytes.
+      const huge = await node.dialProtocol(multiaddr(`/ip4/127.0.0.1/tcp/${target.port}/p2p/${sid}`), RAFT_PROTOCOL);
+      huge.send(new Uint8Array([0xff, 0xff, 0xff, 0xff, 0x0f]));
+      await new Promise((r) => setTimeout(r, 300));
     } finally {
       await node.stop();
     }
@@ -109,6 +113,7 @@ t.test("a three-agent cluster survives SIGKILL of its leader and the restart", a
     t.ok(s.term < 99, "a forged sender did not raise the term");
     t.equal(target.child.exitCode, null, "still running");
     t.match(target.log, /refused a malformed Raft message/);
+    t.match(target.log, /dropped a Raft stream with broken framing/);
     const r = await api(target, "POST", "/kv", { key: "after-garbage", value: "1" });
     t.equal(r.status, 200, "and still serving");
   });
