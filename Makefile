@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
 SEEDS ?= 200
 STEPS ?= 3000
 
-.PHONY: all install demo test typecheck sim sim-bugs bench-raft clean
+.PHONY: all install system-deps demo demo-sim test typecheck sim sim-bugs bench-raft bench-extract clean
 
 all: test
 
@@ -15,16 +15,31 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
-# The main job. For now: a simulated cluster of Raft cores through crashes,
-# partitions, membership changes and leadership transfers, narrated.
-demo: install
+# The real container parts the agent and its tests use, from Debian (a fresh
+# machine has none of them; no service starts by itself).
+DEBIAN_PACKAGES := docker-registry skopeo umoci busybox-static attr zstd
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p > /dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing > /dev/null; \
+	fi
+
+# The main job on an embedded default: a local registry, a local cluster of
+# agents sharing one store, a pull on each agent, and a run of the image from
+# the merged view of the shared layers.
+demo: install system-deps
+	tsx deploy/local/demo.ts
+
+# The Raft core alone: a simulated cluster through crashes, partitions,
+# membership changes and leadership transfers, narrated.
+demo-sim: install
 	tsx test/sim/main.ts --seed 1 --steps 3000 --narrate
 
 typecheck: install
 	tsc --noEmit -p tsconfig.json
 
 # Type-checks, runs every test, and ends with the line "N passed, N failed".
-test: install typecheck
+test: install system-deps typecheck
 	@bash test/run-tap.sh
 
 sim: install
@@ -41,6 +56,10 @@ sim-bugs: install
 bench-raft: install
 	@command -v etcd > /dev/null || (apt-get update -qq && apt-get install -y -qq etcd-server > /dev/null)
 	tsx bench/raft.ts
+
+# Extraction throughput beside GNU tar on the same 200+ MB Debian layer.
+bench-extract: install system-deps
+	tsx bench/extract.ts
 
 clean:
 	rm -rf dist .tap coverage

@@ -12,6 +12,17 @@ export type WharfErrorCode =
   | "WRONG_CLUSTER"
   | "UNAVAILABLE"
   | "SHUTTING_DOWN"
+  /** The registry refused our credentials (401) or the access (403). */
+  | "UNAUTHORIZED"
+  | "DENIED"
+  /** Content did not hash to the digest that names it (blob, layer diffID). */
+  | "DIGEST_MISMATCH"
+  /** A manifest, index or config that fails its schema, or no matching platform. */
+  | "INVALID_MANIFEST"
+  /** A layer archive refused as unsafe or broken (escaping paths, devices, truncation, bombs). */
+  | "INVALID_LAYER"
+  /** The registry kept failing (5xx, resets, timeouts) after every retry. */
+  | "REGISTRY_UNAVAILABLE"
   | "INTERNAL";
 
 export class WharfError extends Error {
@@ -34,11 +45,22 @@ const EXIT_CODES: Record<WharfErrorCode, number> = {
   WRONG_CLUSTER: 7,
   UNAVAILABLE: 8,
   SHUTTING_DOWN: 8,
+  UNAUTHORIZED: 9,
+  DENIED: 9,
+  DIGEST_MISMATCH: 10,
+  INVALID_MANIFEST: 10,
+  INVALID_LAYER: 10,
+  REGISTRY_UNAVAILABLE: 8,
   INTERNAL: 1,
 };
 
 export function exitCodeOf(e: unknown): number {
   return e instanceof WharfError ? EXIT_CODES[e.code] : 1;
+}
+
+/** The exit code for an error code received from the agent (1 for codes this build does not know). */
+export function exitCodeOfCode(code: string): number {
+  return Object.hasOwn(EXIT_CODES, code) ? EXIT_CODES[code as WharfErrorCode] : 1;
 }
 
 export function errorCodeOf(e: unknown): WharfErrorCode {

@@ -8,6 +8,10 @@ import { Host, newIdentity } from "../../net/host.js";
 import { NONE, type Snapshot } from "../../raft/index.js";
 import { LogStore } from "../../store/logstore.js";
 import { WharfError } from "../errors.js";
+import { LayerStore } from "../layers/store.js";
+import { type Platform, RegistryClient } from "../registry/client.js";
+import { Mounts } from "./mounts.js";
+import { Puller } from "./pull.js";
 import { createRaftMetrics, serveMetrics } from "./metrics.js";
 import { RaftNode } from "./raftnode.js";
 
@@ -27,12 +31,24 @@ export interface AgentOptions {
   readonly joining?: boolean;
   /** HOST:PORT for the Prometheus endpoint. */
   readonly metricsAddr?: string;
+  /** Registries reached over plain HTTP (HOST:PORT). */
+  readonly insecureRegistries?: readonly string[];
+  /** A docker config.json with registry credentials (default: the user's). */
+  readonly dockerConfig?: string;
+  readonly pullWorkers?: number;
+  /** Platform chosen from image indexes (default linux/amd64). */
+  readonly platform?: Platform;
 }
 
 export class Agent {
   private upkeep: NodeJS.Timeout | undefined;
   private stopMetrics: (() => Promise<void>) | undefined;
   private readonly startedAt = Date.now();
+  /** Aborted when the agent stops: every long operation of the agent listens to it. */
+  private readonly life = new AbortController();
+  readonly layers: LayerStore;
+  readonly puller: Puller;
+  readonly mounts: Mounts;
 
   private constructor(
     readonly opts: AgentOptions,
@@ -40,7 +56,25 @@ export class Agent {
     readonly host: Host,
     readonly node: RaftNode,
     public clusterId: string,
-  ) {}
+    parts: { layers: LayerStore; mounts: Mounts },
+  ) {
+    this.layers = parts.layers;
+    this.mounts = parts.mounts;
+    this.puller = new Puller({
+      id: host.id,
+      node,
+      store: parts.layers,
+      registry: new RegistryClient({
+        insecureRegistries: [...(opts.insecureRegistries ?? [])],
+        log: opts.log,
+        ...(opts.dockerConfig ? { dockerConfig: opts.dockerConfig } : {}),
+      }),
+      log: opts.log,
+      workers: opts.pullWorkers ?? 3,
+      ...(opts.platform ? { platform: opts.platform } : {}),
+      signal: this.life.signal,
+    });
+  }
 
   get id(): string {
     return this.node.id;
@@ -90,7 +124,11 @@ export class Agent {
         snapshotEvery: opts.snapshotEvery ?? 10_000,
         log: opts.log,
       });
-      const agent = new Agent(opts, store, host, node, (await store.getMeta("cluster")) ?? "");
+      const layers = await LayerStore.open(opts.sharedDir, host.id);
+      const leftovers = await layers.collectLeftovers();
+      if (leftovers.length > 0) opts.log.info({ leftovers }, "collected leftovers of a previous run in the shared store");
+      const mounts = await Mounts.open(opts.dataDir, join(opts.sharedDir, "layers", "sha256"));
+      const agent = new Agent(opts, store, host, node, (await store.getMeta("cluster")) ?? "", { layers, mounts });
       host.onMessage = (m) => node.step(m);
       // Admitting a peer: record its addresses, then add it as a learner; the
       // leader's upkeep promotes it once it has caught up.
@@ -211,6 +249,7 @@ export class Agent {
   }
 
   async stop(): Promise<void> {
+    this.life.abort(new WharfError("SHUTTING_DOWN", "the agent is shutting down"));
     if (this.upkeep) clearInterval(this.upkeep);
     await this.stopMetrics?.();
     await this.node.stop();

@@ -6,6 +6,8 @@ import { type IncomingMessage, type ServerResponse, createServer } from "node:ht
 import { z } from "zod";
 import type { Agent } from "../agent/agent.js";
 import { WharfError, errorCodeOf } from "../errors.js";
+import { parsePlatform } from "../registry/client.js";
+import { formatReference, parseReference } from "../registry/reference.js";
 
 const HTTP_STATUS: Record<string, number> = {
   INVALID_ARGUMENT: 400,
@@ -17,6 +19,10 @@ const HTTP_STATUS: Record<string, number> = {
   SHUTTING_DOWN: 503,
 };
 
+const pullSchema = z.object({ ref: z.string().min(1).max(512), platform: z.string().max(128).optional() });
+const refSchema = z.object({ ref: z.string().min(1).max(512) });
+const mountSchema = z.object({ ref: z.string().min(1).max(512), target: z.string().min(1).max(4096) });
+const umountSchema = z.object({ target: z.string().min(1).max(4096) });
 const putSchema = z.object({ key: z.string().min(1).max(256), value: z.string().max(1 << 20) });
 const removeSchema = z.object({ id: z.string().min(1).max(128) });
 
@@ -74,8 +80,68 @@ export async function serveApi(agent: Agent, socketPath: string, onLeave: () => 
   return () => new Promise<void>((resolve) => server.close(() => resolve()));
 }
 
+/**
+ * A pull answers with newline-delimited JSON: progress events as they
+ * happen, then one line `{"result": summary}` or `{"error": {code, message}}`.
+ * The caller going away stops waiting, not the layer downloads (they belong
+ * to the agent and other pulls may share them).
+ */
+async function pull(agent: Agent, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const gone = new AbortController();
+  res.once("close", () => gone.abort(new WharfError("SHUTTING_DOWN", "the client went away")));
+  let started = false;
+  const line = (v: unknown): void => {
+    if (!started) res.writeHead(200, { "content-type": "application/x-ndjson" });
+    started = true;
+    res.write(`${JSON.stringify(v)}\n`);
+  };
+  try {
+    const { ref, platform } = parse(pullSchema, await body(req));
+    const result = await agent.puller.pull(ref, {
+      signal: gone.signal,
+      onEvent: (e) => line({ event: e }),
+      ...(platform ? { platform: parsePlatform(platform) } : {}),
+    });
+    line({ result });
+  } catch (e) {
+    const error = { code: errorCodeOf(e), message: (e as Error).message };
+    if (started) line({ error });
+    else res.writeHead(HTTP_STATUS[error.code] ?? 500, { "content-type": "application/json" }).write(JSON.stringify({ error }));
+  }
+  res.end();
+}
+
+function imagesOf(agent: Agent): object[] {
+  return [...agent.node.state.images].map(([reference, img]) => ({
+    reference,
+    manifestDigest: img.manifestDigest,
+    configDigest: img.configDigest,
+    platform: img.platform,
+    layers: img.layers,
+    size: img.layers.reduce((n, d) => n + (agent.node.state.layers.get(d)?.size ?? 0), 0),
+    holders: img.holders,
+    heldHere: img.holders.includes(agent.id),
+    since: img.since,
+  }));
+}
+
+function layersOf(agent: Agent): object[] {
+  const st = agent.node.state;
+  return [...st.layers].map(([diffID, l]) => ({
+    diffID,
+    blob: l.blob,
+    size: l.size,
+    unpacked: l.unpacked,
+    state: l.state,
+    committedAt: l.committedAt,
+    images: [...st.images].filter(([, i]) => i.layers.includes(diffID)).map(([r]) => r),
+    path: agent.layers.layerPath(diffID),
+  }));
+}
+
 async function handle(agent: Agent, req: IncomingMessage, res: ServerResponse, onLeave: () => void): Promise<void> {
   const url = new URL(req.url ?? "/", "http://agent");
+  if (req.method === "POST" && url.pathname === "/pull") return pull(agent, req, res);
   const signal = AbortSignal.timeout(Number(url.searchParams.get("timeoutMs") ?? 10_000));
   try {
     let out: unknown;
@@ -98,6 +164,40 @@ async function handle(agent: Agent, req: IncomingMessage, res: ServerResponse, o
       case "GET /kv/all":
         out = { applied: agent.node.state.applied, kv: Object.fromEntries(agent.node.state.kv) };
         break;
+      case "GET /images":
+        await agent.node.linearizableRead(signal);
+        out = imagesOf(agent);
+        break;
+      case "GET /layers":
+        await agent.node.linearizableRead(signal);
+        out = layersOf(agent);
+        break;
+      case "POST /rmi": {
+        const { ref } = parse(refSchema, await body(req));
+        const mounted = agent.mounts.of(formatReference(parseReference(ref)));
+        if (mounted.length > 0) throw new WharfError("BUSY", `${ref} is mounted at ${mounted.map((m) => m.target).join(", ")}`);
+        out = await agent.puller.remove(ref, signal);
+        break;
+      }
+      case "GET /mounts":
+        out = agent.mounts.list();
+        break;
+      case "POST /mount": {
+        const { ref, target } = parse(mountSchema, await body(req));
+        const reference = formatReference(parseReference(ref));
+        await agent.node.linearizableRead(signal);
+        const img = agent.node.state.images.get(reference);
+        if (!img || !img.holders.includes(agent.id)) {
+          throw new WharfError("NOT_FOUND", `this agent holds no image ${reference}: pull it first`);
+        }
+        out = await agent.mounts.mount(reference, img.layers, target);
+        break;
+      }
+      case "POST /umount": {
+        const { target } = parse(umountSchema, await body(req));
+        out = await agent.mounts.umount(target);
+        break;
+      }
       case "POST /members/remove": {
         const { id } = parse(removeSchema, await body(req));
         await agent.node.changeMembership({ type: "removeNode", node: id }, signal);

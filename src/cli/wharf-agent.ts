@@ -7,6 +7,7 @@ import { pino } from "pino";
 import { Agent } from "../agent/agent.js";
 import { serveApi } from "../api/server.js";
 import { WharfError, exitCodeOf } from "../errors.js";
+import { parsePlatform } from "../registry/client.js";
 
 interface Flags {
   data: string;
@@ -20,6 +21,10 @@ interface Flags {
   snapshotEvery: string;
   metrics?: string;
   deadVoterMs: string;
+  insecureRegistry: string[];
+  pullWorkers: string;
+  platform: string;
+  dockerConfig?: string;
 }
 
 const program = new Command("wharf-agent").description("A wharf agent: one per container host.");
@@ -35,7 +40,11 @@ function withAgentFlags(c: Command): Command {
     .option("--tick-ms <ms>", "Raft tick (election timeout is 10 ticks)", "100")
     .option("--snapshot-every <n>", "snapshot and compact the log every N entries", "10000")
     .option("--metrics <host:port>", "serve Prometheus metrics at http://HOST:PORT/metrics")
-    .option("--dead-voter-ms <ms>", "replace a voter silent this long by a live learner", "30000");
+    .option("--dead-voter-ms <ms>", "replace a voter silent this long by a live learner", "30000")
+    .option("--insecure-registry <host:port>", "a registry reached over plain HTTP (repeatable)", (v: string, a: string[]) => [...a, v], [])
+    .option("--pull-workers <n>", "layers this agent downloads at once", "3")
+    .option("--platform <os/arch[/variant]>", "platform chosen from image indexes", "linux/amd64")
+    .option("--docker-config <file>", "docker config.json with registry credentials (default: ~/.docker/config.json)");
 }
 
 async function run(flags: Flags, bootstrap: boolean, peer?: string): Promise<void> {
@@ -46,6 +55,11 @@ async function run(flags: Flags, bootstrap: boolean, peer?: string): Promise<voi
   if (secret.length < 16) throw new WharfError("INVALID_ARGUMENT", "the cluster secret must be at least 16 characters");
   const voters = Number(flags.voters);
   if (!Number.isInteger(voters) || voters < 1 || voters > 5) throw new WharfError("INVALID_ARGUMENT", "--voters takes 1 to 5");
+  const pullWorkers = Number(flags.pullWorkers);
+  if (!Number.isInteger(pullWorkers) || pullWorkers < 1 || pullWorkers > 64) throw new WharfError("INVALID_ARGUMENT", "--pull-workers takes 1 to 64");
+  for (const r of flags.insecureRegistry) {
+    if (!/^[A-Za-z0-9.-]+(:\d+)?$|^\[[0-9a-fA-F:]+\](:\d+)?$/.test(r)) throw new WharfError("INVALID_ARGUMENT", `--insecure-registry takes HOST:PORT, not ${r}`);
+  }
   const agent = await Agent.start({
     dataDir: flags.data,
     sharedDir: flags.shared,
@@ -58,6 +72,10 @@ async function run(flags: Flags, bootstrap: boolean, peer?: string): Promise<voi
     tickMs: Number(flags.tickMs),
     snapshotEvery: Number(flags.snapshotEvery),
     deadVoterMs: Number(flags.deadVoterMs),
+    insecureRegistries: flags.insecureRegistry,
+    pullWorkers,
+    platform: parsePlatform(flags.platform),
+    ...(flags.dockerConfig ? { dockerConfig: flags.dockerConfig } : {}),
     ...(flags.metrics ? { metricsAddr: flags.metrics } : {}),
   });
   const controller = new AbortController();
