@@ -58,9 +58,14 @@ export function exitCodeOf(e: unknown): number {
   return e instanceof WharfError ? EXIT_CODES[e.code] : 1;
 }
 
-/** The exit code for an error code received from the agent (1 for codes this build does not know). */
+/** An error code received from elsewhere (a peer, the agent), or INTERNAL if this build does not know it. */
+export function asErrorCode(code: string): WharfErrorCode {
+  return Object.hasOwn(EXIT_CODES, code) ? (code as WharfErrorCode) : "INTERNAL";
+}
+
+/** The exit code for an error code received from the agent. */
 export function exitCodeOfCode(code: string): number {
-  return Object.hasOwn(EXIT_CODES, code) ? EXIT_CODES[code as WharfErrorCode] : 1;
+  return EXIT_CODES[asErrorCode(code)];
 }
 
 export function errorCodeOf(e: unknown): WharfErrorCode {

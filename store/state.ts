@@ -17,21 +17,59 @@ export const commandSchema = z.discriminatedUnion("type", [
   z.object({ type: z.literal("member"), id: nodeId, addrs: z.array(z.string().max(256)).max(16) }),
   /** A plain register, for tests and benchmarks of the metadata plane. */
   z.object({ type: z.literal("put"), key: z.string().min(1).max(256), value: z.string().max(1 << 20) }),
-  /** A layer was extracted, verified and renamed into layers/ of the shared store. */
+  /**
+   * The metadata phase of a pull (Wharf's claim). Applied, it answers exactly
+   * one of: present; pulled by another agent (the caller waits for the
+   * commit); queued (no worker free on the caller: registered as waiting so
+   * that an idle agent takes it); or master, with a fencing attempt number.
+   * `source` says where the blob comes from, so that any agent can pull it.
+   */
   z.object({
-    type: z.literal("layer.present"),
+    type: z.literal("layer.claim"),
     diffID: digest,
-    blob: digest,
-    size: z.number().int().nonnegative(),
+    agent: nodeId,
+    source: z.object({
+      repository: reference,
+      blob: digest,
+      size: z.number().int().nonnegative(),
+      mediaType: z.string().max(256),
+    }),
+    queued: z.boolean(),
+    /** An idle agent taking a queued or orphaned transfer: master or nothing, never a waiter. */
+    steal: z.boolean().optional(),
+    leaseMs: z.number().int().positive().max(600_000),
+  }),
+  /** Renews every lease the agent holds (its transfers, its deletions). */
+  z.object({ type: z.literal("lease"), agent: nodeId, leaseMs: z.number().int().positive().max(600_000) }),
+  /** The commit phase: the layer is in place; only the current attempt may say so. */
+  z.object({
+    type: z.literal("layer.commit"),
+    diffID: digest,
+    agent: nodeId,
+    attempt: z.number().int().positive(),
     unpacked: z.number().int().nonnegative(),
   }),
   /**
-   * First step of deleting a layer: refused while anything references it;
-   * once applied, the layer counts as absent for every reader, and the
-   * deleting agent removes the directory, then proposes `layer.deleted`.
+   * The master gave up. With `error` (the layer itself is bad: digest
+   * mismatch, hostile archive) the waiters fail with it; without, the
+   * transfer goes back to the queue for another agent.
    */
-  z.object({ type: z.literal("layer.delete"), diffID: digest }),
-  z.object({ type: z.literal("layer.deleted"), diffID: digest }),
+  z.object({
+    type: z.literal("layer.abort"),
+    diffID: digest,
+    agent: nodeId,
+    attempt: z.number().int().positive(),
+    error: z.object({ code: z.string().max(64), message: z.string().max(2048) }).optional(),
+  }),
+  /**
+   * First step of deleting a layer: refused while anything references it or
+   * while it is being pulled; once applied the layer counts as absent for
+   * every reader and cannot be claimed, and `agent` (under its lease)
+   * removes the directory, then proposes `layer.deleted`. If its lease runs
+   * out first, another agent takes the deletion over.
+   */
+  z.object({ type: z.literal("layer.delete"), diffID: digest, agent: nodeId, leaseMs: z.number().int().positive().max(600_000) }),
+  z.object({ type: z.literal("layer.deleted"), diffID: digest, agent: nodeId }),
   /** `holder` (an agent) holds the image: it pins every layer of it. */
   z.object({
     type: z.literal("image.hold"),
@@ -62,8 +100,15 @@ export interface MemberRecord {
   readonly since: number;
 }
 
+export type ClaimAnswer =
+  | { readonly kind: "present" }
+  | { readonly kind: "master"; readonly attempt: number }
+  | { readonly kind: "pulling"; readonly by: string; readonly leaseUntil: number }
+  | { readonly kind: "queued" }
+  | { readonly kind: "deleting"; readonly by: string; readonly leaseUntil: number };
+
 export type ApplyResult =
-  | { readonly ok: true; readonly index: number }
+  | { readonly ok: true; readonly index: number; readonly claim?: ClaimAnswer }
   | { readonly ok: false; readonly code: "NOT_FOUND" | "BUSY" | "INVALID_ARGUMENT"; readonly error: string };
 
 export interface LayerRecord {
@@ -72,6 +117,38 @@ export interface LayerRecord {
   readonly unpacked: number;
   readonly state: "present" | "deleting";
   readonly committedAt: number;
+  /** The agent whose attempt committed it. */
+  readonly by: string;
+  /** The agent removing it (state "deleting"), under its lease. */
+  readonly deleter?: string | undefined;
+}
+
+export interface LayerSource {
+  readonly repository: string;
+  readonly blob: string;
+  readonly size: number;
+  readonly mediaType: string;
+}
+
+/**
+ * A layer being pulled (Wharf's running and waiting transfers). `owner` is
+ * the master ("" while queued: nobody pulls it yet); `attempt` fences
+ * commits and aborts of masters whose lease ran out; `waiters` are the
+ * agents that want the layer.
+ */
+export interface TransferRecord {
+  readonly source: LayerSource;
+  readonly owner: string;
+  readonly attempt: number;
+  readonly waiters: readonly string[];
+  readonly since: number;
+}
+
+/** Why the last attempt at a layer failed for good (waiters fail with it). */
+export interface LayerFailure {
+  readonly code: string;
+  readonly message: string;
+  readonly at: number;
 }
 
 export interface ImageRecord {
@@ -89,6 +166,15 @@ const layerRecord = z.object({
   unpacked: z.number(),
   state: z.enum(["present", "deleting"]),
   committedAt: z.number(),
+  by: z.string(),
+  deleter: z.string().optional(),
+});
+const transferRecord = z.object({
+  source: z.object({ repository: z.string(), blob: z.string(), size: z.number(), mediaType: z.string() }),
+  owner: z.string(),
+  attempt: z.number(),
+  waiters: z.array(z.string()),
+  since: z.number(),
 });
 const imageRecord = z.object({
   manifestDigest: z.string(),
@@ -106,7 +192,20 @@ export class ClusterState {
   layers = new Map<string, LayerRecord>();
   /** Normalised reference → image, with the agents holding it. */
   images = new Map<string, ImageRecord>();
+  /** diffID → the pull of that layer in progress. */
+  transfers = new Map<string, TransferRecord>();
+  /** Agent → end of its lease (proposer's clock, ms since the epoch). */
+  leases = new Map<string, number>();
+  /** diffID → the error its last master gave up with. */
+  failures = new Map<string, LayerFailure>();
   applied = 0;
+  /** Called with the diffID of every layer an applied command touched (local wake-ups). */
+  onLayer: ((diffID: string) => void) | undefined;
+
+  /** Whether `agent` holds a live lease at time `at`. */
+  leaseValid(agent: string, at: number): boolean {
+    return (this.leases.get(agent) ?? 0) > at;
+  }
 
   /** Whether an image still pins the layer (Wharf's global reference count > 0). */
   referenced(diffID: string): string | undefined {
@@ -124,25 +223,59 @@ export class ClusterState {
       case "put":
         this.kv.set(c.key, c.value);
         return { ok: true, index };
-      case "layer.present":
-        if (this.layers.get(c.diffID)?.state === "deleting") {
-          return { ok: false, code: "BUSY", error: `layer ${c.diffID} is being deleted` };
-        }
-        if (!this.layers.has(c.diffID)) {
-          this.layers.set(c.diffID, { blob: c.blob, size: c.size, unpacked: c.unpacked, state: "present", committedAt: env.at });
-        }
+      case "layer.claim":
+        return { ok: true, index, claim: this.claim(c, env.at) };
+      case "lease":
+        this.leases.set(c.agent, Math.max(this.leases.get(c.agent) ?? 0, env.at + c.leaseMs));
         return { ok: true, index };
+      case "layer.commit": {
+        const t = this.transfers.get(c.diffID);
+        if (this.layers.get(c.diffID)?.state === "present") return { ok: true, index };
+        if (!t || t.owner !== c.agent || t.attempt !== c.attempt) {
+          return { ok: false, code: "BUSY", error: `attempt ${c.attempt} of ${c.agent} at ${c.diffID} is stale` };
+        }
+        this.layers.set(c.diffID, { blob: t.source.blob, size: t.source.size, unpacked: c.unpacked, state: "present", committedAt: env.at, by: c.agent });
+        this.transfers.delete(c.diffID);
+        this.failures.delete(c.diffID);
+        this.onLayer?.(c.diffID);
+        return { ok: true, index };
+      }
+      case "layer.abort": {
+        const t = this.transfers.get(c.diffID);
+        if (!t || t.owner !== c.agent || t.attempt !== c.attempt) {
+          return { ok: false, code: "BUSY", error: `attempt ${c.attempt} of ${c.agent} at ${c.diffID} is stale` };
+        }
+        if (c.error) {
+          this.transfers.delete(c.diffID);
+          this.failures.set(c.diffID, { ...c.error, at: env.at });
+        } else {
+          this.transfers.set(c.diffID, { ...t, owner: "" });
+        }
+        this.onLayer?.(c.diffID);
+        return { ok: true, index };
+      }
       case "layer.delete": {
         const l = this.layers.get(c.diffID);
         if (!l) return { ok: false, code: "NOT_FOUND", error: `no layer ${c.diffID}` };
         const by = this.referenced(c.diffID);
         if (by !== undefined) return { ok: false, code: "BUSY", error: `layer ${c.diffID} is used by ${by}` };
-        this.layers.set(c.diffID, { ...l, state: "deleting" });
+        if (l.state === "deleting" && l.deleter !== c.agent && this.leaseValid(l.deleter ?? "", env.at)) {
+          return { ok: false, code: "BUSY", error: `layer ${c.diffID} is being deleted by ${l.deleter}` };
+        }
+        this.leases.set(c.agent, Math.max(this.leases.get(c.agent) ?? 0, env.at + c.leaseMs));
+        this.layers.set(c.diffID, { ...l, state: "deleting", deleter: c.agent });
+        this.onLayer?.(c.diffID);
         return { ok: true, index };
       }
-      case "layer.deleted":
+      case "layer.deleted": {
+        const l = this.layers.get(c.diffID);
+        if (!l || l.state !== "deleting" || l.deleter !== c.agent) {
+          return { ok: false, code: "BUSY", error: `${c.agent} is not deleting ${c.diffID}` };
+        }
         this.layers.delete(c.diffID);
+        this.onLayer?.(c.diffID);
         return { ok: true, index };
+      }
       case "image.hold": {
         const missing = c.layers.find((d) => this.layers.get(d)?.state !== "present");
         if (missing !== undefined) return { ok: false, code: "BUSY", error: `layer ${missing} of ${c.ref} is not present` };
@@ -173,8 +306,54 @@ export class ClusterState {
     }
   }
 
+  private claim(c: Extract<Command, { type: "layer.claim" }>, at: number): ClaimAnswer {
+    const l = this.layers.get(c.diffID);
+    if (l?.state === "present") return { kind: "present" };
+    if (l?.state === "deleting") return { kind: "deleting", by: l.deleter ?? "", leaseUntil: this.leases.get(l.deleter ?? "") ?? 0 };
+    const t = this.transfers.get(c.diffID);
+    const wants = c.steal !== true;
+    const waiters = !t ? (wants ? [c.agent] : []) : wants && !t.waiters.includes(c.agent) ? [...t.waiters, c.agent].sort() : t.waiters;
+    if (c.steal === true && (!t || (t.owner !== "" && this.leaseValid(t.owner, at)))) return { kind: "queued" };
+    if (t && t.owner !== "" && t.owner !== c.agent && this.leaseValid(t.owner, at)) {
+      this.transfers.set(c.diffID, { ...t, waiters });
+      return { kind: "pulling", by: t.owner, leaseUntil: this.leases.get(t.owner)! };
+    }
+    if (t && t.owner === c.agent && this.leaseValid(c.agent, at)) return { kind: "master", attempt: t.attempt };
+    if (c.queued) {
+      // Waiting (no free worker on the caller): an idle agent may take it.
+      this.transfers.set(c.diffID, t ? { ...t, owner: "", waiters } : { source: c.source, owner: "", attempt: 0, waiters, since: at });
+      this.onLayer?.(c.diffID);
+      return { kind: "queued" };
+    }
+    // Master: a new attempt (fencing any earlier master whose lease ran out).
+    this.leases.set(c.agent, Math.max(this.leases.get(c.agent) ?? 0, at + c.leaseMs));
+    this.failures.delete(c.diffID);
+    this.transfers.set(c.diffID, { source: t?.source ?? c.source, owner: c.agent, attempt: (t?.attempt ?? 0) + 1, waiters, since: t?.since ?? at });
+    this.onLayer?.(c.diffID);
+    return { kind: "master", attempt: (t?.attempt ?? 0) + 1 };
+  }
+
+  /**
+   * A member left the cluster: its leases end, its transfers go back to the
+   * queue, and its holds on images are released (a restart keeps them: only
+   * removal drops them).
+   */
   removeMember(id: string): void {
     this.members.delete(id);
+    this.leases.delete(id);
+    for (const [d, t] of this.transfers) {
+      const waiters = t.waiters.filter((w) => w !== id);
+      if (t.owner !== id && waiters.length === t.waiters.length) continue;
+      if (waiters.length === 0) this.transfers.delete(d);
+      else this.transfers.set(d, { ...t, owner: t.owner === id ? "" : t.owner, waiters });
+      this.onLayer?.(d);
+    }
+    for (const [ref, img] of this.images) {
+      if (!img.holders.includes(id)) continue;
+      const holders = img.holders.filter((h) => h !== id);
+      if (holders.length === 0) this.images.delete(ref);
+      else this.images.set(ref, { ...img, holders });
+    }
   }
 
   encode(): Uint8Array {
@@ -185,6 +364,9 @@ export class ClusterState {
         kv: [...this.kv],
         layers: [...this.layers],
         images: [...this.images],
+        transfers: [...this.transfers],
+        leases: [...this.leases],
+        failures: [...this.failures],
       }),
     );
   }
@@ -199,6 +381,9 @@ export class ClusterState {
         kv: z.array(z.tuple([z.string(), z.string()])),
         layers: z.array(z.tuple([z.string(), layerRecord])).default([]),
         images: z.array(z.tuple([z.string(), imageRecord])).default([]),
+        transfers: z.array(z.tuple([z.string(), transferRecord])).default([]),
+        leases: z.array(z.tuple([z.string(), z.number()])).default([]),
+        failures: z.array(z.tuple([z.string(), z.object({ code: z.string(), message: z.string(), at: z.number() })])).default([]),
       })
       .parse(JSON.parse(new TextDecoder().decode(b)));
     s.applied = v.applied;
@@ -206,6 +391,9 @@ export class ClusterState {
     s.kv = new Map(v.kv);
     s.layers = new Map(v.layers);
     s.images = new Map(v.images);
+    s.transfers = new Map(v.transfers);
+    s.leases = new Map(v.leases);
+    s.failures = new Map(v.failures);
     return s;
   }
 }

@@ -4,6 +4,7 @@
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { z } from "zod";
 import { Host, newIdentity } from "../../net/host.js";
 import { NONE, type Snapshot } from "../../raft/index.js";
 import { LogStore } from "../../store/logstore.js";
@@ -38,6 +39,26 @@ export interface AgentOptions {
   readonly pullWorkers?: number;
   /** Platform chosen from image indexes (default linux/amd64). */
   readonly platform?: Platform;
+  /** A master's lease on a transfer (ms, default 2000). */
+  readonly leaseMs?: number;
+}
+
+/** Gossip topic of download progress hints (never decides anything). */
+const PROGRESS_TOPIC = "wharf/progress/1";
+const progressHintSchema = z.object({
+  diffID: z.string().max(80),
+  blob: z.string().max(80),
+  agent: z.string().max(128),
+  done: z.number().nonnegative(),
+  total: z.number().nonnegative(),
+});
+
+function safeJson(b: Uint8Array): unknown {
+  try {
+    return JSON.parse(new TextDecoder().decode(b));
+  } catch {
+    return undefined;
+  }
 }
 
 export class Agent {
@@ -72,7 +93,13 @@ export class Agent {
       log: opts.log,
       workers: opts.pullWorkers ?? 3,
       ...(opts.platform ? { platform: opts.platform } : {}),
+      ...(opts.leaseMs ? { leaseMs: opts.leaseMs } : {}),
+      publish: (h) => void host.publishHint(PROGRESS_TOPIC, new TextEncoder().encode(JSON.stringify(h))).catch(() => {}),
       signal: this.life.signal,
+    });
+    host.onHint(PROGRESS_TOPIC, (data) => {
+      const h = progressHintSchema.safeParse(safeJson(data));
+      if (h.success && h.data.agent !== host.id) this.puller.hint(h.data);
     });
   }
 

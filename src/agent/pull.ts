@@ -1,19 +1,29 @@
-// Pulling an image into the shared store: resolve the reference, then for
-// each layer either find it present or download, verify and extract it, and
-// finally record that this agent holds the image.
+// Cooperative pulls (Wharf's protocol on Raft).
 //
-// Layers run on a fixed number of pull workers per agent; a second request
-// for a layer already in flight here waits for that one (a watcher) instead
-// of downloading it twice.
+// For each layer of an image the agent proposes a claim; the replicated state
+// answers present, pulled by another agent (we wait for its commit, woken by
+// apply events), queued (no worker free here: an idle agent anywhere may take
+// it), or master with a fencing attempt. A master downloads into the shared
+// store (resuming a partial blob left by an earlier master), extracts into a
+// temp dir, renames it into place, and commits with its attempt; a master
+// whose lease ran out cannot commit. A second local request for a layer this
+// agent is pulling joins it as a watcher.
+//
+// Leases: every agent holding transfers renews one lease per agent (not per
+// layer) a few times per lease period. A master that could not renew in time
+// stops writing before anyone else may take its transfer over (self-fencing,
+// with the attempt check at commit and the digest check of the blob as
+// backstops).
 
+import { EventEmitter } from "node:events";
 import { rm } from "node:fs/promises";
 import type { Logger } from "pino";
-import type { ImageRecord } from "../../store/state.js";
-import type { Command } from "../../store/state.js";
-import { WharfError, errorCodeOf } from "../errors.js";
+import type { ClaimAnswer, Command, LayerSource } from "../../store/state.js";
+import { WharfError, asErrorCode, errorCodeOf } from "../errors.js";
 import { extractLayer } from "../layers/extract.js";
 import type { LayerStore } from "../layers/store.js";
-import { type LayerDescriptor, type Platform, type RegistryClient, type ResolvedImage } from "../registry/client.js";
+import { type Platform, type RegistryClient } from "../registry/client.js";
+import { LAYER_MEDIA_TYPES } from "../registry/manifest.js";
 import { formatReference, parseReference } from "../registry/reference.js";
 import type { RaftNode } from "./raftnode.js";
 
@@ -28,45 +38,27 @@ export interface PullSummary {
   manifestDigest: string;
   layers: { digest: string; size: number; outcome: "downloaded" | "waited" | "present"; by: string }[];
   registryBytes: number;
+  seconds: number;
 }
 
 interface LayerOutcome {
   outcome: "downloaded" | "waited" | "present";
   by: string;
-  /** Bytes this download fetched from the registry (less than the size when it resumed). */
+  /** Bytes this agent fetched from the registry for it (less than the size when it resumed). */
   fetched: number;
 }
 
-/** A counting semaphore: the agent's pull workers. */
-class Workers {
-  private busy = 0;
-  private readonly queue: (() => void)[] = [];
-  constructor(private readonly n: number) {}
-
-  async run<T>(signal: AbortSignal, f: () => Promise<T>): Promise<T> {
-    if (this.busy >= this.n) {
-      await new Promise<void>((resolve, reject) => {
-        const go = (): void => {
-          signal.removeEventListener("abort", stop);
-          resolve();
-        };
-        const stop = (): void => {
-          this.queue.splice(this.queue.indexOf(go), 1);
-          reject(signal.reason as Error);
-        };
-        this.queue.push(go);
-        signal.addEventListener("abort", stop, { once: true });
-      });
-    } else this.busy++;
-    try {
-      return await f();
-    } finally {
-      const next = this.queue.shift();
-      if (next) next();
-      else this.busy--;
-    }
-  }
+/** Progress of a master's download, gossiped to every agent (a hint: never decides anything). */
+export interface ProgressHint {
+  diffID: string;
+  blob: string;
+  agent: string;
+  done: number;
+  total: number;
 }
+
+/** Errors that are the layer's own fault: every other agent would fail the same way. */
+const CONTENT_ERRORS = new Set(["DIGEST_MISMATCH", "INVALID_LAYER", "INVALID_MANIFEST", "NOT_FOUND", "UNAUTHORIZED", "DENIED"]);
 
 export interface PullerOptions {
   readonly id: string;
@@ -76,34 +68,80 @@ export interface PullerOptions {
   readonly log: Logger;
   readonly workers?: number;
   readonly platform?: Platform;
-  /** Aborted when the agent stops: layer downloads belong to the agent, not to one request. */
+  /** A master's lease (ms); renewed three times per period. */
+  readonly leaseMs?: number;
+  /** How long a proposal may wait for a quorum before the pull fails. */
+  readonly quorumTimeoutMs?: number;
+  /** Gossip of progress hints (optional: pulls work without it). */
+  readonly publish?: (h: ProgressHint) => void;
+  /** Aborted when the agent stops: downloads belong to the agent, not to one request. */
   readonly signal: AbortSignal;
 }
 
+interface Job {
+  readonly attempt: number;
+  readonly abort: AbortController;
+  readonly done: Promise<LayerOutcome>;
+}
+
 export class Puller {
-  private readonly workers: Workers;
-  /** diffID → the download in flight on this agent, with its progress listeners. */
-  private readonly inFlight = new Map<string, { done: Promise<LayerOutcome>; listeners: Set<(e: PullEvent) => void> }>();
+  private free: number;
+  private readonly leaseMs: number;
+  /** diffID → the download this agent is master of. */
+  private readonly jobs = new Map<string, Job>();
+  /** Wake-ups: "layer:<diffID>" on apply events and hints, "worker" when a worker frees. */
+  private readonly events = new EventEmitter();
+  /** Local time until which our lease is surely valid (proposal time + lease). */
+  private fenceUntil = 0;
+  private renewer: NodeJS.Timeout | undefined;
+  private stealing = false;
 
   constructor(private readonly o: PullerOptions) {
-    this.workers = new Workers(o.workers ?? 3);
+    this.free = o.workers ?? 3;
+    this.leaseMs = o.leaseMs ?? 2000;
+    this.events.setMaxListeners(0);
+    o.node.state.onLayer = (d) => this.changed(d);
+    o.signal.addEventListener("abort", () => {
+      if (this.renewer) clearInterval(this.renewer);
+      for (const j of this.jobs.values()) j.abort.abort(o.signal.reason);
+    });
+  }
+
+  /** A progress hint from another agent's master. */
+  hint(h: ProgressHint): void {
+    this.events.emit(`hint:${h.diffID}`, h);
+  }
+
+  private changed(diffID: string): void {
+    // A download of ours whose transfer now belongs to another attempt stops at once.
+    const job = this.jobs.get(diffID);
+    const st = this.o.node.state;
+    const t = st.transfers.get(diffID);
+    if (job && st.layers.get(diffID)?.state !== "present" && (!t || t.owner !== this.o.id || t.attempt !== job.attempt)) {
+      job.abort.abort(new StaleAttempt(diffID));
+    }
+    this.events.emit(`layer:${diffID}`);
+    // A transfer that went back to the queue, or a deletion done: idle workers may take it.
+    queueMicrotask(() => void this.steal());
   }
 
   async pull(refText: string, opts: { platform?: Platform; signal: AbortSignal; onEvent?: (e: PullEvent) => void }): Promise<PullSummary> {
+    const t0 = performance.now();
     const ref = parseReference(refText);
     const emit = opts.onEvent ?? (() => {});
-    const img = await this.o.registry.resolve(ref, {
-      signal: opts.signal,
-      ...((opts.platform ?? this.o.platform) ? { platform: (opts.platform ?? this.o.platform)! } : {}),
-    });
+    const signal = AbortSignal.any([opts.signal, this.o.signal]);
+    const platform = opts.platform ?? this.o.platform;
+    const img = await this.o.registry.resolve(ref, { signal, ...(platform ? { platform } : {}) });
     emit({ type: "resolved", reference: img.reference, manifestDigest: img.manifestDigest, layers: img.layers.map((l) => ({ digest: l.digest, size: l.size })) });
     await this.o.store.putBlob(img.manifestDigest, img.manifest);
     await this.o.store.putBlob(img.configDigest, img.config);
+    const repository = formatReference({ registry: img.repository.registry, repository: img.repository.repository });
     let registryBytes = img.manifest.length + img.config.length;
     const outcomes = await Promise.all(
       img.layers.map(async (l) => {
+        const source = { repository, blob: l.digest, size: l.size, mediaType: l.mediaType };
         try {
-          const r = await this.layer(img, l, opts.signal, emit);
+          const r = await this.layer(l.diffID, source, signal, emit);
           registryBytes += r.fetched;
           return r;
         } catch (e) {
@@ -122,113 +160,337 @@ export class Puller {
         platform: img.platform,
         layers: img.layers.map((l) => l.diffID),
       },
-      opts.signal,
+      signal,
     );
     return {
       reference: img.reference,
       manifestDigest: img.manifestDigest,
       layers: img.layers.map((l, i) => ({ digest: l.digest, size: l.size, outcome: outcomes[i]!.outcome, by: outcomes[i]!.by })),
       registryBytes,
+      seconds: (performance.now() - t0) / 1000,
     };
   }
 
-  /** One layer of a pull: present, joined to the download in flight here, or downloaded. */
-  private async layer(img: ResolvedImage, l: LayerDescriptor, signal: AbortSignal, emit: (e: PullEvent) => void): Promise<LayerOutcome> {
-    const st = this.o.node.state.layers.get(l.diffID);
-    if (st?.state === "present" && (await this.o.store.hasLayer(l.diffID))) {
-      emit({ type: "layer", digest: l.digest, status: "present", total: l.size });
-      return { outcome: "present", by: "", fetched: 0 };
-    }
-    if (st?.state === "deleting") {
-      throw new WharfError("BUSY", `layer ${l.diffID} is being deleted; pull again once it is gone`);
-    }
-    let job = this.inFlight.get(l.diffID);
-    if (job) {
-      // A watcher: progress of the download in flight, and its outcome.
-      job.listeners.add(emit);
-      try {
-        const r = await abortable(job.done, signal);
-        return { outcome: "waited", by: r.by, fetched: 0 };
-      } finally {
-        job.listeners.delete(emit);
-      }
-    }
-    const listeners = new Set([emit]);
-    const fanout = (e: PullEvent): void => {
-      for (const f of listeners) f(e);
-    };
-    job = { done: this.download(img, l, fanout), listeners };
-    this.inFlight.set(l.diffID, job);
+  /** One layer wanted by a local pull, until it is present (or failed for good). */
+  private async layer(diffID: string, source: LayerSource, signal: AbortSignal, emit: (e: PullEvent) => void): Promise<LayerOutcome> {
+    const digest = source.blob;
+    const onHint = (h: ProgressHint): void =>
+      emit({ type: "layer", digest, status: h.done >= h.total ? "extracting" : "downloading", done: h.done, total: h.total, by: h.agent });
+    this.events.on(`hint:${diffID}`, onHint);
+    const startedAt = Date.now();
+    let waited = false;
     try {
-      return await job.done;
-    } finally {
-      this.inFlight.delete(l.diffID);
-    }
-  }
-
-  private async download(img: ResolvedImage, l: LayerDescriptor, emit: (e: PullEvent) => void): Promise<LayerOutcome> {
-    const signal = this.o.signal;
-    emit({ type: "layer", digest: l.digest, status: "waiting", total: l.size });
-    return this.workers.run(signal, async () => {
-      const store = this.o.store;
-      let fetched = 0;
-      let unpacked = 0;
-      if (await store.hasLayer(l.diffID)) {
-        // Renamed into place by an earlier run that died before recording it:
-        // a rename only ever publishes a complete, verified layer.
-        this.o.log.info({ layer: l.diffID }, "layer found in the store; recording it");
-      } else {
-        const tmp = await store.tempDir("extract");
-        try {
-          let last = 0;
-          const blob = this.o.registry.openBlob(img.repository, l, {
-            partialFile: store.partialPath(l.digest),
-            signal,
-            onProgress: (p) => {
-              fetched = p.fromNetwork;
-              const now = Date.now();
-              if (now - last >= 100 || p.done === p.total) {
-                last = now;
-                emit({ type: "layer", digest: l.digest, status: p.done === p.total ? "extracting" : "downloading", done: p.done, total: p.total });
-              }
-            },
+      emit({ type: "layer", digest, status: "waiting", total: source.size });
+      for (;;) {
+        signal.throwIfAborted();
+        const local = this.jobs.get(diffID);
+        if (local) {
+          // A watcher of this agent's own download.
+          const r = await abortable(local.done, signal).catch((e: unknown) => {
+            if (this.o.node.state.layers.get(diffID)?.state !== "present") throw e;
+            return undefined;
           });
-          ({ bytes: unpacked } = await extractLayer(blob, { dest: tmp, compression: l.compression, expectedDiffID: l.diffID, signal }));
-          await store.commitLayer(tmp, l.diffID);
+          if (r) {
+            emit({ type: "layer", digest, status: "done", total: source.size, by: this.o.id });
+            return { outcome: "waited", by: this.o.id, fetched: 0 };
+          }
+          continue;
+        }
+        const worker = this.tryWorker();
+        let answer: ClaimAnswer;
+        try {
+          answer = await this.claim(diffID, source, { queued: !worker }, signal);
         } catch (e) {
-          await store.discard(tmp);
-          this.o.log.warn({ image: img.reference, layer: l.digest, code: errorCodeOf(e), err: (e as Error).message }, "layer pull failed");
+          if (worker) this.releaseWorker();
           throw e;
         }
-        await rm(store.partialPath(l.digest), { force: true });
+        if (answer.kind === "master") {
+          const outcome = await this.master(diffID, source, answer.attempt, (e) => emit(e));
+          if (outcome) return outcome;
+          continue;
+        }
+        if (worker) this.releaseWorker();
+        const layer = this.o.node.state.layers.get(diffID);
+        if (answer.kind === "present") {
+          const by = layer?.by ?? "";
+          emit({ type: "layer", digest, status: waited ? "done" : "present", total: source.size, by });
+          return waited ? { outcome: "waited", by, fetched: 0 } : { outcome: "present", by, fetched: 0 };
+        }
+        if (answer.kind === "pulling" || answer.kind === "queued") waited = true;
+        if (answer.kind === "deleting" && answer.by === this.o.id) {
+          throw new WharfError("BUSY", `layer ${diffID} is being deleted by this agent`);
+        }
+        // Dummy or queued: wait for an apply event about this layer, a free
+        // worker here (queued), or the owner's lease to run out.
+        const until = answer.kind === "pulling" || answer.kind === "deleting" ? answer.leaseUntil : undefined;
+        await this.waitFor(diffID, answer.kind === "queued", until, signal);
+        const f = this.o.node.state.failures.get(diffID);
+        if (f && f.at >= startedAt - 1000 && !this.o.node.state.transfers.has(diffID)) {
+          throw new WharfError(asErrorCode(f.code), f.message);
+        }
       }
-      await this.propose({ type: "layer.present", diffID: l.diffID, blob: l.digest, size: l.size, unpacked }, signal);
-      emit({ type: "layer", digest: l.digest, status: "done", done: l.size, total: l.size, by: this.o.id });
-      return { outcome: "downloaded" as const, by: this.o.id, fetched };
+    } finally {
+      this.events.off(`hint:${diffID}`, onHint);
+    }
+  }
+
+  private claim(diffID: string, source: LayerSource, how: { queued: boolean; steal?: boolean }, signal: AbortSignal): Promise<ClaimAnswer> {
+    const sent = Date.now();
+    return this.proposeFor(
+      { type: "layer.claim", diffID, agent: this.o.id, source, queued: how.queued, ...(how.steal ? { steal: true } : {}), leaseMs: this.leaseMs },
+      signal,
+    ).then((r) => {
+      if (r.kind === "master") this.extendFence(sent);
+      return r;
     });
+  }
+
+  /** Waits for a change of the layer, a free worker (if `forWorker`), or a lease end (+ margin for clock skew). */
+  private waitFor(diffID: string, forWorker: boolean, leaseUntil: number | undefined, signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const done = (): void => {
+        this.events.off(`layer:${diffID}`, done);
+        this.events.off("worker", done);
+        signal.removeEventListener("abort", stop);
+        clearTimeout(timer);
+        resolve();
+      };
+      const stop = (): void => {
+        done();
+        reject(signal.reason as Error);
+      };
+      this.events.on(`layer:${diffID}`, done);
+      if (forWorker) this.events.on("worker", done);
+      signal.addEventListener("abort", stop, { once: true });
+      // Without any event, look again after the lease (or now and then: a
+      // missed wake-up must not hang a pull).
+      const wait = leaseUntil !== undefined ? Math.max(50, leaseUntil - Date.now() + 250) : this.leaseMs;
+      const timer = setTimeout(done, Math.min(wait, 4 * this.leaseMs));
+    });
+  }
+
+  /**
+   * Runs a download as master (attempt `attempt`) on a worker already
+   * reserved. Resolves with the outcome, or undefined when the attempt went
+   * stale (someone else took over: the caller claims again).
+   */
+  private master(diffID: string, source: LayerSource, attempt: number, emit: (e: PullEvent) => void): Promise<LayerOutcome | undefined> {
+    const abort = new AbortController();
+    const done = this.download(diffID, source, attempt, abort.signal, emit);
+    const job: Job = { attempt, abort, done };
+    this.jobs.set(diffID, job);
+    this.ensureRenewer();
+    return done
+      .then(
+        (r) => r as LayerOutcome | undefined,
+        (e: unknown) => {
+          if (e instanceof StaleAttempt) return undefined;
+          throw e;
+        },
+      )
+      .finally(() => {
+        this.jobs.delete(diffID);
+        this.releaseWorker();
+      });
+  }
+
+  private async download(diffID: string, source: LayerSource, attempt: number, signal: AbortSignal, emit: (e: PullEvent) => void): Promise<LayerOutcome> {
+    const store = this.o.store;
+    const compression = LAYER_MEDIA_TYPES.get(source.mediaType) ?? "gzip";
+    const fenced = AbortSignal.any([signal, this.o.signal]);
+    let fetched = 0;
+    let unpacked = 0;
+    if (await store.hasLayer(diffID)) {
+      // Renamed into place by an earlier attempt that died before its commit:
+      // a rename only ever publishes a complete, verified layer.
+      this.o.log.info({ layer: diffID }, "layer found in the store; committing it");
+    } else {
+      const tmp = await store.tempDir("extract");
+      try {
+        let last = 0;
+        const repo = parseReference(source.repository);
+        const blob = this.o.registry.openBlob(repo, { digest: source.blob, size: source.size }, {
+          partialFile: store.partialPath(source.blob),
+          signal: fenced,
+          onProgress: (p) => {
+            fetched = p.fromNetwork;
+            this.checkFence(diffID);
+            const now = Date.now();
+            if (now - last >= 200 || p.done === p.total) {
+              last = now;
+              emit({ type: "layer", digest: source.blob, status: p.done === p.total ? "extracting" : "downloading", done: p.done, total: p.total, by: this.o.id });
+              this.o.publish?.({ diffID, blob: source.blob, agent: this.o.id, done: p.done, total: p.total });
+            }
+          },
+        });
+        ({ bytes: unpacked } = await extractLayer(blob, { dest: tmp, compression, expectedDiffID: diffID, signal: fenced }));
+        this.checkFence(diffID);
+        await store.commitLayer(tmp, diffID);
+      } catch (e) {
+        await store.discard(tmp);
+        if (e instanceof StaleAttempt || (signal.aborted && signal.reason instanceof StaleAttempt)) throw signal.reason ?? e;
+        const code = errorCodeOf(e);
+        this.o.log.warn({ layer: diffID, blob: source.blob, repository: source.repository, code, err: (e as Error).message }, "layer pull failed");
+        // The layer's own fault: every waiter fails with it. Otherwise (the
+        // registry or this agent failed) the transfer goes back to the queue.
+        const error = CONTENT_ERRORS.has(code) ? { code, message: (e as Error).message.slice(0, 2000) } : undefined;
+        await this.o.node
+          .propose({ type: "layer.abort", diffID, agent: this.o.id, attempt, ...(error ? { error } : {}) }, this.quorumSignal(this.o.signal))
+          .catch(() => {});
+        throw e;
+      }
+      await rm(store.partialPath(source.blob), { force: true });
+    }
+    const r = await this.o.node.propose({ type: "layer.commit", diffID, agent: this.o.id, attempt, unpacked }, this.quorumSignal(this.o.signal));
+    if (!r.ok) {
+      // Our attempt went stale while we finished: the layer is complete in
+      // the store all the same; the current master commits it.
+      this.o.log.warn({ layer: diffID, attempt }, "commit refused: attempt is stale");
+      throw new StaleAttempt(diffID);
+    }
+    emit({ type: "layer", digest: source.blob, status: "done", done: source.size, total: source.size, by: this.o.id });
+    return { outcome: "downloaded", by: this.o.id, fetched };
+  }
+
+  /** Stops a master that may no longer hold its lease (before anyone else may take over). */
+  private checkFence(diffID: string): void {
+    if (Date.now() > this.fenceUntil - this.leaseMs / 4) {
+      const job = this.jobs.get(diffID);
+      const e = new StaleAttempt(diffID);
+      job?.abort.abort(e);
+      throw e;
+    }
+  }
+
+  private extendFence(sentAt: number): void {
+    this.fenceUntil = Math.max(this.fenceUntil, sentAt + this.leaseMs);
+  }
+
+  /** One lease renewal for all of this agent's transfers, three times per lease period, while it has any. */
+  private ensureRenewer(): void {
+    if (this.renewer) return;
+    this.renewer = setInterval(() => {
+      if (this.jobs.size === 0) {
+        clearInterval(this.renewer);
+        this.renewer = undefined;
+        return;
+      }
+      const sent = Date.now();
+      this.o.node
+        .propose({ type: "lease", agent: this.o.id, leaseMs: this.leaseMs }, AbortSignal.timeout(this.leaseMs))
+        .then(() => this.extendFence(sent))
+        .catch(() => {});
+    }, this.leaseMs / 3);
+    this.renewer.unref();
+  }
+
+  private tryWorker(): boolean {
+    if (this.free <= 0) return false;
+    this.free--;
+    return true;
+  }
+
+  private releaseWorker(): void {
+    this.free++;
+    this.events.emit("worker");
+    queueMicrotask(() => void this.steal());
+  }
+
+  /**
+   * An idle worker takes a transfer no agent is pulling (queued by a busy
+   * agent, or orphaned by a master whose lease ran out), oldest first.
+   */
+  private async steal(): Promise<void> {
+    if (this.stealing || this.free <= 0 || this.o.signal.aborted) return;
+    const st = this.o.node.state;
+    if (this.o.node.status().lead === "") return;
+    const now = Date.now();
+    const candidates = [...st.transfers]
+      .filter(([d, t]) => !this.jobs.has(d) && t.waiters.length > 0 && (t.owner === "" || !st.leaseValid(t.owner, now - 250)))
+      .sort((a, b) => a[1].since - b[1].since);
+    if (candidates.length === 0) return;
+    this.stealing = true;
+    try {
+      for (const [d, t] of candidates) {
+        if (!this.tryWorker()) break;
+        let answer: ClaimAnswer;
+        try {
+          answer = await this.claim(d, t.source, { queued: false, steal: true }, this.quorumSignal(this.o.signal));
+        } catch {
+          this.releaseWorkerQuietly();
+          break;
+        }
+        if (answer.kind !== "master") {
+          this.releaseWorkerQuietly();
+          continue;
+        }
+        this.o.log.info({ layer: d, for: t.waiters }, "taking over a waiting transfer");
+        void this.master(d, t.source, answer.attempt, () => {}).catch(() => {});
+      }
+    } finally {
+      this.stealing = false;
+    }
+  }
+
+  private releaseWorkerQuietly(): void {
+    this.free++;
   }
 
   /** Releases this agent's hold on an image and deletes the layers nobody references any more. */
   async remove(refText: string, signal: AbortSignal): Promise<{ reference: string; deletedLayers: string[] }> {
     const reference = formatReference(parseReference(refText));
-    const img: ImageRecord | undefined = this.o.node.state.images.get(reference);
+    const img = this.o.node.state.images.get(reference);
     if (!img || !img.holders.includes(this.o.id)) throw new WharfError("NOT_FOUND", `this agent holds no image ${reference}`);
     await this.propose({ type: "image.release", ref: reference, holder: this.o.id }, signal);
     const deleted: string[] = [];
     for (const d of img.layers) {
       if (this.o.node.state.referenced(d) !== undefined) continue;
-      const r = await this.o.node.propose({ type: "layer.delete", diffID: d }, signal);
-      if (!r.ok) continue; // referenced again meanwhile, or already gone
-      await this.o.store.deleteLayer(d);
-      await this.propose({ type: "layer.deleted", diffID: d }, signal);
-      deleted.push(d);
+      if (await this.deleteLayer(d, signal)) deleted.push(d);
     }
     return { reference, deletedLayers: deleted };
   }
 
-  private async propose(cmd: Command, signal: AbortSignal): Promise<void> {
-    const r = await this.o.node.propose(cmd, signal);
+  /**
+   * Deletes an unreferenced layer: `layer.delete` (refused if anything
+   * references it), then the directory, then `layer.deleted`. A claim in
+   * between waits; it cannot see a half-deleted layer as present.
+   */
+  private async deleteLayer(diffID: string, signal: AbortSignal): Promise<boolean> {
+    const sent = Date.now();
+    const r = await this.o.node.propose({ type: "layer.delete", diffID, agent: this.o.id, leaseMs: this.leaseMs * 5 }, this.quorumSignal(signal));
+    if (!r.ok) return false; // referenced again meanwhile, or already gone
+    if (Date.now() > sent + this.leaseMs * 5 - this.leaseMs) return false; // too slow: another agent may take it over
+    await this.o.store.deleteLayer(diffID);
+    await this.propose({ type: "layer.deleted", diffID, agent: this.o.id }, signal);
+    return true;
+  }
+
+  private quorumSignal(signal: AbortSignal): AbortSignal {
+    return AbortSignal.any([signal, AbortSignal.timeout(this.o.quorumTimeoutMs ?? 15_000)]);
+  }
+
+  private async proposeFor(cmd: Command, signal: AbortSignal): Promise<ClaimAnswer> {
+    const r = await this.o.node.propose(cmd, this.quorumSignal(signal)).catch((e: unknown) => {
+      throw errorCodeOf(e) === "TIMEOUT" ? new WharfError("NO_LEADER", "no quorum: the cluster cannot decide who pulls this layer") : e;
+    });
     if (!r.ok) throw new WharfError(r.code, r.error);
+    if (!r.claim) throw new WharfError("INTERNAL", "a claim applied without an answer");
+    return r.claim;
+  }
+
+  private async propose(cmd: Command, signal: AbortSignal): Promise<void> {
+    const r = await this.o.node.propose(cmd, this.quorumSignal(signal)).catch((e: unknown) => {
+      throw errorCodeOf(e) === "TIMEOUT" ? new WharfError("NO_LEADER", "no quorum: the cluster cannot record this") : e;
+    });
+    if (!r.ok) throw new WharfError(r.code, r.error);
+  }
+}
+
+/** A master's attempt that may have been taken over: it stops and never commits. */
+class StaleAttempt extends Error {
+  override readonly name = "StaleAttempt";
+  constructor(diffID: string) {
+    super(`this agent's attempt at ${diffID} may have been taken over`);
   }
 }
 

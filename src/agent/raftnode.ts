@@ -260,7 +260,9 @@ export class RaftNode {
       });
     }
     if (rd.snapshot) {
+      const hook = this.state.onLayer;
       this.state = ClusterState.decode(rd.snapshot.data);
+      this.state.onLayer = hook;
       this.state.applied = rd.snapshot.meta.index;
     }
     for (const m of rd.messages) if (!sendableBeforePersist(m)) this.opts.send(m);

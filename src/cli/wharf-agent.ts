@@ -25,6 +25,7 @@ interface Flags {
   pullWorkers: string;
   platform: string;
   dockerConfig?: string;
+  leaseMs: string;
 }
 
 const program = new Command("wharf-agent").description("A wharf agent: one per container host.");
@@ -44,6 +45,7 @@ function withAgentFlags(c: Command): Command {
     .option("--insecure-registry <host:port>", "a registry reached over plain HTTP (repeatable)", (v: string, a: string[]) => [...a, v], [])
     .option("--pull-workers <n>", "layers this agent downloads at once", "3")
     .option("--platform <os/arch[/variant]>", "platform chosen from image indexes", "linux/amd64")
+    .option("--lease-ms <ms>", "a master's lease on a layer transfer, renewed 3 times per period", "2000")
     .option("--docker-config <file>", "docker config.json with registry credentials (default: ~/.docker/config.json)");
 }
 
@@ -57,6 +59,8 @@ async function run(flags: Flags, bootstrap: boolean, peer?: string): Promise<voi
   if (!Number.isInteger(voters) || voters < 1 || voters > 5) throw new WharfError("INVALID_ARGUMENT", "--voters takes 1 to 5");
   const pullWorkers = Number(flags.pullWorkers);
   if (!Number.isInteger(pullWorkers) || pullWorkers < 1 || pullWorkers > 64) throw new WharfError("INVALID_ARGUMENT", "--pull-workers takes 1 to 64");
+  const leaseMs = Number(flags.leaseMs);
+  if (!Number.isInteger(leaseMs) || leaseMs < 200 || leaseMs > 600_000) throw new WharfError("INVALID_ARGUMENT", "--lease-ms takes 200 to 600000");
   for (const r of flags.insecureRegistry) {
     if (!/^[A-Za-z0-9.-]+(:\d+)?$|^\[[0-9a-fA-F:]+\](:\d+)?$/.test(r)) throw new WharfError("INVALID_ARGUMENT", `--insecure-registry takes HOST:PORT, not ${r}`);
   }
@@ -74,6 +78,7 @@ async function run(flags: Flags, bootstrap: boolean, peer?: string): Promise<voi
     deadVoterMs: Number(flags.deadVoterMs),
     insecureRegistries: flags.insecureRegistry,
     pullWorkers,
+    leaseMs,
     platform: parsePlatform(flags.platform),
     ...(flags.dockerConfig ? { dockerConfig: flags.dockerConfig } : {}),
     ...(flags.metrics ? { metricsAddr: flags.metrics } : {}),
