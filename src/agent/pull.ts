@@ -18,7 +18,7 @@
 import { EventEmitter } from "node:events";
 import { rm } from "node:fs/promises";
 import type { Logger } from "pino";
-import type { ClaimAnswer, Command, LayerSource } from "../../store/state.js";
+import type { ApplyResult, ClaimAnswer, Command, LayerSource } from "../../store/state.js";
 import { WharfError, asErrorCode, errorCodeOf } from "../errors.js";
 import { extractLayer } from "../layers/extract.js";
 import type { LayerStore } from "../layers/store.js";
@@ -56,6 +56,14 @@ export interface ProgressHint {
   done: number;
   total: number;
 }
+
+/**
+ * A master stops this long before its lease may end (its lease counts from
+ * when it proposed the renewal, never later than the entry's own time); a
+ * taker waits as long past the end, for clock skew between hosts.
+ */
+const FENCE_MARGIN_MS = 150;
+const TAKEOVER_MARGIN_MS = 250;
 
 /** Errors that are the layer's own fault: every other agent would fail the same way. */
 const CONTENT_ERRORS = new Set(["DIGEST_MISMATCH", "INVALID_LAYER", "INVALID_MANIFEST", "NOT_FOUND", "UNAUTHORIZED", "DENIED"]);
@@ -137,31 +145,41 @@ export class Puller {
     await this.o.store.putBlob(img.configDigest, img.config);
     const repository = formatReference({ registry: img.repository.registry, repository: img.repository.repository });
     let registryBytes = img.manifest.length + img.config.length;
-    const outcomes = await Promise.all(
-      img.layers.map(async (l) => {
-        const source = { repository, blob: l.digest, size: l.size, mediaType: l.mediaType };
-        try {
-          const r = await this.layer(l.diffID, source, signal, emit);
-          registryBytes += r.fetched;
-          return r;
-        } catch (e) {
-          emit({ type: "layer", digest: l.digest, status: "failed", error: (e as Error).message });
-          throw new WharfError(errorCodeOf(e), `${img.reference}: layer ${l.digest}: ${(e as Error).message}`);
-        }
-      }),
-    );
-    await this.propose(
-      {
-        type: "image.hold",
-        ref: img.reference,
-        holder: this.o.id,
-        manifestDigest: img.manifestDigest,
-        configDigest: img.configDigest,
-        platform: img.platform,
-        layers: img.layers.map((l) => l.diffID),
-      },
-      signal,
-    );
+    let outcomes: LayerOutcome[] = [];
+    // Holding the image pins its layers. A layer found present may be
+    // deleted (its last holder removed it) before our hold is applied: the
+    // hold is then refused, and the layers are claimed again.
+    for (let round = 1; ; round++) {
+      outcomes = await Promise.all(
+        img.layers.map(async (l, i) => {
+          const source = { repository, blob: l.digest, size: l.size, mediaType: l.mediaType };
+          try {
+            const r = await this.layer(l.diffID, source, signal, emit);
+            registryBytes += r.fetched;
+            // An earlier round's outcome says more than "present" (we pulled it, or waited).
+            return round > 1 && r.outcome === "present" && outcomes[i] ? outcomes[i]! : r;
+          } catch (e) {
+            emit({ type: "layer", digest: l.digest, status: "failed", error: (e as Error).message });
+            throw new WharfError(errorCodeOf(e), `${img.reference}: layer ${l.digest}: ${(e as Error).message}`);
+          }
+        }),
+      );
+      const held = await this.send(
+        {
+          type: "image.hold",
+          ref: img.reference,
+          holder: this.o.id,
+          manifestDigest: img.manifestDigest,
+          configDigest: img.configDigest,
+          platform: img.platform,
+          layers: img.layers.map((l) => l.diffID),
+        },
+        signal,
+      );
+      if (held.ok) break;
+      if (held.code !== "BUSY" || round >= 5) throw new WharfError(held.code, `${img.reference}: ${held.error}`);
+      this.o.log.info({ image: img.reference, why: held.error }, "a layer went away before the image was held; claiming again");
+    }
     return {
       reference: img.reference,
       manifestDigest: img.manifestDigest,
@@ -185,14 +203,14 @@ export class Puller {
         signal.throwIfAborted();
         const local = this.jobs.get(diffID);
         if (local) {
-          // A watcher of this agent's own download.
+          // A watcher of this agent's own download (this agent is its master).
           const r = await abortable(local.done, signal).catch((e: unknown) => {
-            if (this.o.node.state.layers.get(diffID)?.state !== "present") throw e;
-            return undefined;
+            if (e instanceof StaleAttempt || this.o.node.state.layers.get(diffID)?.state === "present") return undefined;
+            throw e;
           });
           if (r) {
             emit({ type: "layer", digest, status: "done", total: source.size, by: this.o.id });
-            return { outcome: "waited", by: this.o.id, fetched: 0 };
+            return { outcome: "downloaded", by: this.o.id, fetched: 0 };
           }
           continue;
         }
@@ -264,7 +282,7 @@ export class Puller {
       signal.addEventListener("abort", stop, { once: true });
       // Without any event, look again after the lease (or now and then: a
       // missed wake-up must not hang a pull).
-      const wait = leaseUntil !== undefined ? Math.max(50, leaseUntil - Date.now() + 250) : this.leaseMs;
+      const wait = leaseUntil !== undefined ? Math.max(50, leaseUntil - Date.now() + TAKEOVER_MARGIN_MS) : this.leaseMs;
       const timer = setTimeout(done, Math.min(wait, 4 * this.leaseMs));
     });
   }
@@ -275,6 +293,16 @@ export class Puller {
    * stale (someone else took over: the caller claims again).
    */
   private master(diffID: string, source: LayerSource, attempt: number, emit: (e: PullEvent) => void): Promise<LayerOutcome | undefined> {
+    const running = this.jobs.get(diffID);
+    if (running) {
+      // Two claims of this agent for one layer (its own pull and an idle
+      // worker) both answered master: one download, the other watches it.
+      this.releaseWorker();
+      return running.done.then(
+        () => ({ outcome: "downloaded" as const, by: this.o.id, fetched: 0 }),
+        () => undefined,
+      );
+    }
     const abort = new AbortController();
     const done = this.download(diffID, source, attempt, abort.signal, emit);
     const job: Job = { attempt, abort, done };
@@ -334,14 +362,12 @@ export class Puller {
         // The layer's own fault: every waiter fails with it. Otherwise (the
         // registry or this agent failed) the transfer goes back to the queue.
         const error = CONTENT_ERRORS.has(code) ? { code, message: (e as Error).message.slice(0, 2000) } : undefined;
-        await this.o.node
-          .propose({ type: "layer.abort", diffID, agent: this.o.id, attempt, ...(error ? { error } : {}) }, this.quorumSignal(this.o.signal))
-          .catch(() => {});
+        await this.send({ type: "layer.abort", diffID, agent: this.o.id, attempt, ...(error ? { error } : {}) }, this.o.signal).catch(() => {});
         throw e;
       }
       await rm(store.partialPath(source.blob), { force: true });
     }
-    const r = await this.o.node.propose({ type: "layer.commit", diffID, agent: this.o.id, attempt, unpacked }, this.quorumSignal(this.o.signal));
+    const r = await this.send({ type: "layer.commit", diffID, agent: this.o.id, attempt, unpacked }, this.o.signal);
     if (!r.ok) {
       // Our attempt went stale while we finished: the layer is complete in
       // the store all the same; the current master commits it.
@@ -354,7 +380,7 @@ export class Puller {
 
   /** Stops a master that may no longer hold its lease (before anyone else may take over). */
   private checkFence(diffID: string): void {
-    if (Date.now() > this.fenceUntil - this.leaseMs / 4) {
+    if (Date.now() > this.fenceUntil - FENCE_MARGIN_MS) {
       const job = this.jobs.get(diffID);
       const e = new StaleAttempt(diffID);
       job?.abort.abort(e);
@@ -406,7 +432,7 @@ export class Puller {
     if (this.o.node.status().lead === "") return;
     const now = Date.now();
     const candidates = [...st.transfers]
-      .filter(([d, t]) => !this.jobs.has(d) && t.waiters.length > 0 && (t.owner === "" || !st.leaseValid(t.owner, now - 250)))
+      .filter(([d, t]) => !this.jobs.has(d) && t.waiters.length > 0 && (t.owner === "" || !st.leaseValid(t.owner, now - TAKEOVER_MARGIN_MS)))
       .sort((a, b) => a[1].since - b[1].since);
     if (candidates.length === 0) return;
     this.stealing = true;
@@ -415,7 +441,7 @@ export class Puller {
         if (!this.tryWorker()) break;
         let answer: ClaimAnswer;
         try {
-          answer = await this.claim(d, t.source, { queued: false, steal: true }, this.quorumSignal(this.o.signal));
+          answer = await this.claim(d, t.source, { queued: false, steal: true }, this.o.signal);
         } catch {
           this.releaseWorkerQuietly();
           break;
@@ -457,31 +483,49 @@ export class Puller {
    */
   private async deleteLayer(diffID: string, signal: AbortSignal): Promise<boolean> {
     const sent = Date.now();
-    const r = await this.o.node.propose({ type: "layer.delete", diffID, agent: this.o.id, leaseMs: this.leaseMs * 5 }, this.quorumSignal(signal));
+    const r = await this.send({ type: "layer.delete", diffID, agent: this.o.id, leaseMs: this.leaseMs * 5 }, signal);
     if (!r.ok) return false; // referenced again meanwhile, or already gone
-    if (Date.now() > sent + this.leaseMs * 5 - this.leaseMs) return false; // too slow: another agent may take it over
+    if (Date.now() > sent + this.leaseMs * 5 - FENCE_MARGIN_MS) return false; // too slow: another agent may take it over
     await this.o.store.deleteLayer(diffID);
-    await this.propose({ type: "layer.deleted", diffID, agent: this.o.id }, signal);
-    return true;
+    const done = await this.send({ type: "layer.deleted", diffID, agent: this.o.id }, signal);
+    // Applied twice (a retry): the first one removed the record.
+    return done.ok || !this.o.node.state.layers.has(diffID);
   }
 
   private quorumSignal(signal: AbortSignal): AbortSignal {
     return AbortSignal.any([signal, AbortSignal.timeout(this.o.quorumTimeoutMs ?? 15_000)]);
   }
 
+  /**
+   * Proposes until applied or until the quorum deadline: a proposal lost with
+   * a leader that died (or dropped during an election) is proposed again.
+   * Every command of the protocol is idempotent for its proposer, so an
+   * entry applied twice answers the same.
+   */
+  private async send(cmd: Command, signal: AbortSignal): Promise<ApplyResult> {
+    const deadline = this.quorumSignal(signal);
+    for (let i = 0; ; i++) {
+      try {
+        return await this.o.node.propose(cmd, AbortSignal.any([deadline, AbortSignal.timeout(3000)]));
+      } catch (e) {
+        const code = errorCodeOf(e);
+        if (signal.aborted) throw signal.reason;
+        if (code !== "NO_LEADER" && code !== "TIMEOUT") throw e;
+        if (deadline.aborted) throw new WharfError("NO_LEADER", `no quorum: the cluster could not record ${cmd.type} in time`);
+        await new Promise((r) => setTimeout(r, Math.min(1000, 50 << i)));
+      }
+    }
+  }
+
   private async proposeFor(cmd: Command, signal: AbortSignal): Promise<ClaimAnswer> {
-    const r = await this.o.node.propose(cmd, this.quorumSignal(signal)).catch((e: unknown) => {
-      throw errorCodeOf(e) === "TIMEOUT" ? new WharfError("NO_LEADER", "no quorum: the cluster cannot decide who pulls this layer") : e;
-    });
+    const r = await this.send(cmd, signal);
     if (!r.ok) throw new WharfError(r.code, r.error);
     if (!r.claim) throw new WharfError("INTERNAL", "a claim applied without an answer");
     return r.claim;
   }
 
   private async propose(cmd: Command, signal: AbortSignal): Promise<void> {
-    const r = await this.o.node.propose(cmd, this.quorumSignal(signal)).catch((e: unknown) => {
-      throw errorCodeOf(e) === "TIMEOUT" ? new WharfError("NO_LEADER", "no quorum: the cluster cannot record this") : e;
-    });
+    const r = await this.send(cmd, signal);
     if (!r.ok) throw new WharfError(r.code, r.error);
   }
 }

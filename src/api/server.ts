@@ -172,6 +172,19 @@ async function handle(agent: Agent, req: IncomingMessage, res: ServerResponse, o
         await agent.node.linearizableRead(signal);
         out = layersOf(agent);
         break;
+      case "GET /transfers":
+        await agent.node.linearizableRead(signal);
+        out = [...agent.node.state.transfers].map(([diffID, t]) => ({
+          diffID,
+          blob: t.source.blob,
+          repository: t.source.repository,
+          size: t.source.size,
+          owner: t.owner,
+          attempt: t.attempt,
+          waiters: t.waiters,
+          since: t.since,
+        }));
+        break;
       case "POST /rmi": {
         const { ref } = parse(refSchema, await body(req));
         const mounted = agent.mounts.of(formatReference(parseReference(ref)));

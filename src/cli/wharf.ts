@@ -199,6 +199,19 @@ program
   });
 
 program
+  .command("transfers")
+  .description("layers being pulled in the cluster, by whom, and who waits for them")
+  .option("--json", "print JSON")
+  .action(async (o: { json?: boolean }) => {
+    const ts = (await invoke("GET", "/transfers")) as { diffID: string; blob: string; size: number; owner: string; attempt: number; waiters: string[] }[];
+    if (o.json) return console.log(JSON.stringify(ts));
+    table([
+      ["BLOB", "SIZE", "MASTER", "ATTEMPT", "WAITERS"],
+      ...ts.map((x) => [short(x.blob), bytes(x.size), x.owner ? x.owner.slice(-8) : "(queued)", String(x.attempt), String(x.waiters.length)]),
+    ]);
+  });
+
+program
   .command("rmi")
   .description("release this agent's hold on an image; layers no image uses any more are deleted")
   .argument("<ref>")
