@@ -1,12 +1,14 @@
 // The embedded default: a local registry (Debian's docker-registry on
-// loopback) with a busybox image built by umoci, a local cluster of three
-// agents sharing one store, a pull on every agent, and a container-style run
-// of the image from the merged view of the shared layers.
+// loopback) with a multi-layer busybox image built by umoci, a local cluster
+// of three agents sharing one store, a cooperative pull of the image on all
+// of them at once, and a container-style run of the image from the merged
+// view of the shared layers.
 //
 //   make demo          (or: tsx deploy/local/demo.ts [--agents N])
 
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -23,9 +25,16 @@ const say = (s: string): void => void process.stdout.write(`\n== ${s}\n`);
 say("starting a registry on loopback and pushing a busybox image built with umoci");
 const registry = await startRegistry();
 const image = new ImageBuilder(join(work, "image")).layer(busyboxBase).layer(busyboxChanges);
+for (let i = 1; i <= 6; i++) {
+  image.layer((root) => {
+    mkdirSync(join(root, "opt"), { recursive: true });
+    writeFileSync(join(root, "opt", `data-${i}.bin`), randomBytes(3 << 20));
+  });
+}
 image.push(registry.host, "demo/busybox", "1.0");
 // Agents reach the registry through a proxy that counts the bytes it serves.
 const proxy = await startProxy(registry.host);
+proxy.setRate(8 << 20); // 8 MB/s per download, so that the pulls overlap as on a real network
 const ref = `${proxy.host}/demo/busybox:1.0`;
 
 const cluster = new TestCluster(["--insecure-registry", proxy.host]);
@@ -48,13 +57,23 @@ try {
       c.on("close", (code) => (code === 0 ? resolve(out) : reject(new Error(`wharf ${args.join(" ")}: ${err}`))));
     });
 
-  for (const a of agents) {
-    say(`wharf pull ${ref} on ${a.name}`);
-    process.stdout.write(await wharf(a.api, "pull", ref));
-  }
+  say(`wharf pull ${ref} on ${agents.map((a) => a.name).join(", ")} at once`);
+  const names = new Map<string, string>();
+  for (const a of agents) names.set((await status(a)).id, a.name);
+  const sums = (await Promise.all(agents.map((a) => wharf(a.api, "pull", ref, "--json")))).map(
+    (out) => JSON.parse(out) as { seconds: number; registryBytes: number; layers: { digest: string; size: number; outcome: string; by: string }[] },
+  );
   const registryBytes = proxy.bytesServed();
-  const images = JSON.parse(await wharf(agents[0]!.api, "images", "--json")) as { size: number }[];
-  const imageBytes = images[0]!.size;
+  const imageBytes = sums[0]!.layers.reduce((x, l) => x + l.size, 0);
+  const rows = [["LAYER", "SIZE", ...agents.map((a) => a.name), "DOWNLOADED BY"]];
+  sums[0]!.layers.forEach((l, i) => {
+    const outcomes = sums.map((s) => s.layers[i]!.outcome);
+    const by = sums.map((s) => s.layers[i]!).find((x) => x.outcome === "downloaded");
+    rows.push([l.digest.slice(7, 19), `${(l.size / 1e6).toFixed(2)} MB`, ...outcomes, by ? (names.get(by.by) ?? by.by) : "-"]);
+  });
+  rows.push(["pull time", "", ...sums.map((s) => `${s.seconds.toFixed(2)} s`), ""]);
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  for (const r of rows) process.stdout.write(`  ${r.map((x, c) => x.padEnd(widths[c]!)).join("  ")}\n`);
   say("wharf layers");
   process.stdout.write(await wharf(agents[0]!.api, "layers"));
 
@@ -70,8 +89,8 @@ try {
 
   say("result");
   process.stdout.write(
-    `${n} agents pulled a ${(imageBytes / 1e6).toFixed(2)} MB image (compressed layers); the registry served ` +
-      `${(registryBytes / 1e6).toFixed(2)} MB in all: ${(registryBytes / imageBytes).toFixed(3)}x the image\n`,
+    `${n} agents pulled a ${(imageBytes / 1e6).toFixed(2)} MB image (compressed layers) at once; the registry served ` +
+      `${(registryBytes / 1e6).toFixed(2)} MB in all (manifests and configs included): ${(registryBytes / imageBytes).toFixed(3)}x the image\n`,
   );
 } finally {
   if (mounted && existsSync(target)) spawnSync("umount", [target]);
