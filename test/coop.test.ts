@@ -5,7 +5,7 @@
 
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import t, { type Test } from "tap";
 import { type Proc, TestCluster, api, status, until, whoLeads } from "./helpers/agents.js";
@@ -196,4 +196,63 @@ t.test("rmi on some agents and not others: only unreferenced layers are deleted"
   for (const d of layers) t.ok(existsSync(join(shared(), "layers/sha256", d.slice(7))), `${d.slice(7, 19)} is there for its holder`);
   const all = JSON.parse((await wharf(agents[1]!, "layers", "--json")).stdout);
   t.ok(all.every((l: any) => l.state === "present"), "nothing left half-deleted");
+});
+
+t.test("an agent waiting for a layer shows the master's progress, gossiped", async (t) => {
+  await pushImage(registry.host, "coop/progress", "1", { layers: [{ files: { "p.bin": randomBytes(3 << 20) } }] });
+  proxy.setRate(1 << 20);
+  const ref = `${proxy.host}/coop/progress:1`;
+  const first = wharf(agents[0]!, "pull", ref, "--json");
+  await until("a master", async () => ((await api(agents[1]!, "GET", "/transfers")).body.some((x: any) => x.owner) ? true : undefined));
+  const second = await wharf(agents[1]!, "pull", ref);
+  proxy.setRate(undefined);
+  t.equal((await first).status, 0);
+  t.equal(second.status, 0, second.stderr);
+  const masterId = (await status(agents[0]!)).id as string;
+  t.match(second.stdout, new RegExp(`Downloading on ${masterId.slice(-8)}`), "progress of the download on the other agent");
+  t.match(second.stdout, /Pull complete/);
+});
+
+t.test("a minority cannot claim: a clear error, and the images it holds still mount", async (t) => {
+  const lone = agents[0]!; // holds coop/progress:1 since the last test
+  const st = await status(lone);
+  const ids = await Promise.all(agents.map((p) => status(p).then((s) => s.id as string)));
+  const voters = st.members.filter((m: any) => m.role === "voter").map((m: any) => m.id as string);
+  const stopped = voters.filter((v: string) => v !== st.id).slice(0, 2).map((v: string) => agents[ids.indexOf(v)]!);
+  t.equal(stopped.length, 2, "two voters stopped: no majority left");
+  for (const p of stopped) p.child.kill("SIGSTOP");
+  const target = join(cluster.root, "mnt-minority");
+  try {
+    await pushImage(registry.host, "coop/minority", "1", { layers: [{ files: { "m.bin": randomBytes(1000) } }] });
+    const r = await wharf(lone, "pull", `${proxy.host}/coop/minority:1`, "--json");
+    t.equal(r.status, 4, `NO_LEADER: ${r.stderr.trim()}`);
+    t.match(r.stderr, /no quorum|no leader|election/i);
+    mkdirSync(target);
+    const m = await wharf(lone, "mount", `${proxy.host}/coop/progress:1`, target);
+    t.equal(m.status, 0, `mounted without a quorum: ${m.stderr}`);
+    t.ok(existsSync(join(target, "p.bin")), "the layer's file is there");
+    t.equal((await wharf(lone, "umount", target)).status, 0);
+  } finally {
+    for (const p of stopped) p.child.kill("SIGCONT");
+  }
+  await until("a leader again", async () => ((await status(lone)).leader ? true : undefined), 30_000);
+});
+
+t.test("a member removed from the cluster releases its holds", async (t) => {
+  const ref = `${proxy.host}/coop/progress:1`;
+  const [a1, , , , a5] = agents;
+  t.equal((await wharf(a5!, "pull", ref, "--json")).status, 0);
+  const id5 = (await status(a5!)).id as string;
+  let img = (await api(a1!, "GET", "/images")).body.find((i: any) => i.reference === ref);
+  t.ok(img.holders.includes(id5), "a5 holds it");
+  a5!.child.kill("SIGKILL");
+  img = (await api(a1!, "GET", "/images")).body.find((i: any) => i.reference === ref);
+  t.ok(img.holders.includes(id5), "a dead agent keeps its holds (a restart must not lose them)");
+  const r = await wharf(a1!, "remove-member", id5);
+  t.equal(r.status, 0, r.stderr);
+  await until("the hold released", async () => {
+    const i = (await api(a1!, "GET", "/images")).body.find((x: any) => x.reference === ref);
+    return i && !i.holders.includes(id5) ? true : undefined;
+  });
+  t.pass("released on removal");
 });

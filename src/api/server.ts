@@ -198,7 +198,8 @@ async function handle(agent: Agent, req: IncomingMessage, res: ServerResponse, o
       case "POST /mount": {
         const { ref, target } = parse(mountSchema, await body(req));
         const reference = formatReference(parseReference(ref));
-        await agent.node.linearizableRead(signal);
+        // This agent's own holds, from its local state: no quorum needed, so
+        // an agent cut off from the majority still mounts what it holds.
         const img = agent.node.state.images.get(reference);
         if (!img || !img.holders.includes(agent.id)) {
           throw new WharfError("NOT_FOUND", `this agent holds no image ${reference}: pull it first`);
