@@ -12,7 +12,7 @@ import t from "tap";
 import { pack } from "tar-stream";
 import { type Proc, TestCluster, api, status, until } from "./helpers/agents.js";
 import { ImageBuilder, busyboxBase, busyboxChanges, describeTree, diffTrees, referenceUnpack } from "./helpers/images.js";
-import { type Proxy, type RunningRegistry, pushBlob, pushManifest, startProxy, startRegistry } from "./helpers/registry.js";
+import { type Proxy, type RunningRegistry, pushImage, startProxy, startRegistry } from "./helpers/registry.js";
 
 const sha = (b: Buffer): string => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
@@ -44,24 +44,12 @@ async function tarOf(entries: { name: string; type?: "file" | "directory" | "sym
   return Buffer.concat(chunks);
 }
 
-/** Pushes an OCI image made of the given uncompressed layer tars (gzip-compressed here). */
-async function pushImage(host: string, repo: string, tag: string, tars: Buffer[], diffIDs?: string[]): Promise<string> {
-  const layers = [];
-  for (const tar of tars) {
-    const gz = gzipSync(tar);
-    layers.push({ mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: await pushBlob(host, repo, gz), size: gz.length, diffID: sha(tar) });
-  }
-  const config = Buffer.from(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: diffIDs ?? layers.map((l) => l.diffID) }, config: {} }));
-  const configDigest = await pushBlob(host, repo, config);
-  const manifest = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: "application/vnd.oci.image.manifest.v1+json",
-      config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: configDigest, size: config.length },
-      layers: layers.map(({ mediaType, digest, size }) => ({ mediaType, digest, size })),
-    }),
-  );
-  return pushManifest(host, repo, tag, manifest, "application/vnd.oci.image.manifest.v1+json");
+/** Pushes an OCI image of the given tars (gzip), with the diffIDs of the config overridden if asked. */
+async function pushTars(host: string, repo: string, tag: string, tars: Buffer[], diffIDs?: string[]): Promise<void> {
+  await pushImage(host, repo, tag, {
+    layers: tars.map((tar) => ({ tar })),
+    ...(diffIDs ? { editConfig: (c: Record<string, unknown>) => void ((c.rootfs as { diff_ids: string[] }).diff_ids = diffIDs) } : {}),
+  });
 }
 
 /** Every path under `dir` (for proving nothing was written outside the store). */
@@ -165,7 +153,7 @@ t.test("an opaque directory hides the lower layer's directory", async (t) => {
     { name: "etc/old/.wh..wh..opq" },
     { name: "etc/old/c", body: "c\n" },
   ]);
-  await pushImage(registry.host, "test/opaque", "1", [base, top]);
+  await pushTars(registry.host, "test/opaque", "1", [base, top]);
   const r = await wharf(agent, "pull", `${proxy.host}/test/opaque:1`, "--json");
   t.equal(r.status, 0, r.stderr);
   const target = join(work, "mnt-opaque");
@@ -203,7 +191,7 @@ t.test("a hostile layer is refused: clear error, nothing outside the store, the 
     ["symlink", await tarOf([{ name: "evil", type: "symlink", linkname: outside }, { name: "evil/x", body: "through a symlink" }])],
   ];
   for (const [name, tar] of cases) {
-    await pushImage(registry.host, "test/hostile", name, [tar]);
+    await pushTars(registry.host, "test/hostile", name, [tar]);
     const r = await wharf(agent, "pull", `${proxy.host}/test/hostile:${name}`, "--json");
     t.equal(r.status, 10, `${name}: refused as an invalid layer (${r.stderr.trim()})`);
     t.match(r.stderr, /test\/hostile:.*layer sha256:[0-9a-f]{64}/, "names the image and the layer");
@@ -213,7 +201,7 @@ t.test("a hostile layer is refused: clear error, nothing outside the store, the 
     t.equal((await status(agent)).id.length > 0, true, "the agent still answers");
   }
   // A config whose diffID does not match the layer's content.
-  await pushImage(registry.host, "test/hostile", "diffid", [await tarOf([{ name: "f", body: "real" }])], [sha(Buffer.from("other"))]);
+  await pushTars(registry.host, "test/hostile", "diffid", [await tarOf([{ name: "f", body: "real" }])], [sha(Buffer.from("other"))]);
   const r = await wharf(agent, "pull", `${proxy.host}/test/hostile:diffid`);
   t.equal(r.status, 10, "DIGEST_MISMATCH");
   t.match(r.stderr, /diffID|digest/i);
@@ -222,7 +210,7 @@ t.test("a hostile layer is refused: clear error, nothing outside the store, the 
 
 t.test("SIGKILL mid-download: the pull resumes from the bytes already on the shared store", async (t) => {
   const big = await tarOf([{ name: "big.bin", body: randomBytes(24 << 20).toString("base64") }]);
-  await pushImage(registry.host, "test/big", "1", [big]);
+  await pushTars(registry.host, "test/big", "1", [big]);
   const gz = gzipSync(big);
   const digest = sha(gz);
   proxy.setRate(8 << 20);

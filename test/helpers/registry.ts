@@ -546,7 +546,9 @@ export function tarOf(files: Record<string, string | Buffer>): Promise<Buffer> {
 }
 
 export interface LayerSpec {
-  files: Record<string, string | Buffer>;
+  files?: Record<string, string | Buffer>;
+  /** A tar built by the caller (links, directories, whiteouts), instead of `files`. */
+  tar?: Buffer;
   compression?: "gzip" | "zstd" | "none";
   /** Overrides the media type the manifest lists for this layer. */
   mediaType?: string;
@@ -598,7 +600,7 @@ export async function pushImage(host: string, repo: string, tag: string, spec: I
   const format = spec.format ?? "oci";
   const layers: PushedLayer[] = [];
   for (const l of spec.layers) {
-    const t = await tarOf(l.files);
+    const t = l.tar ?? (await tarOf(l.files ?? {}));
     const c = l.compression ?? "gzip";
     const blob = c === "gzip" ? gzipSync(t) : c === "zstd" ? zstdCompressSync(t) : t;
     const digest = await pushBlob(host, repo, blob, spec.auth);
