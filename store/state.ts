@@ -81,6 +81,12 @@ export const commandSchema = z.discriminatedUnion("type", [
     layers: z.array(digest).max(1024),
   }),
   z.object({ type: z.literal("image.release"), ref: reference, holder: nodeId }),
+  /**
+   * A reference of `agent` other than an image (a containerd snapshot, a
+   * container) pins `layers`; `holder` names it within the agent.
+   */
+  z.object({ type: z.literal("ref.hold"), agent: nodeId, holder: z.string().min(1).max(512), layers: z.array(digest).max(1024) }),
+  z.object({ type: z.literal("ref.release"), agent: nodeId, holder: z.string().min(1).max(512) }),
 ]);
 
 export type Command = z.infer<typeof commandSchema>;
@@ -192,6 +198,8 @@ export class ClusterState {
   layers = new Map<string, LayerRecord>();
   /** Normalised reference → image, with the agents holding it. */
   images = new Map<string, ImageRecord>();
+  /** "<agent> <holder>" → layers pinned by a reference other than an image. */
+  refs = new Map<string, readonly string[]>();
   /** diffID → the pull of that layer in progress. */
   transfers = new Map<string, TransferRecord>();
   /** Agent → end of its lease (proposer's clock, ms since the epoch). */
@@ -210,6 +218,7 @@ export class ClusterState {
   /** Whether an image still pins the layer (Wharf's global reference count > 0). */
   referenced(diffID: string): string | undefined {
     for (const [ref, img] of this.images) if (img.layers.includes(diffID)) return ref;
+    for (const [holder, layers] of this.refs) if (layers.includes(diffID)) return holder;
     return undefined;
   }
 
@@ -293,6 +302,15 @@ export class ClusterState {
         });
         return { ok: true, index };
       }
+      case "ref.hold": {
+        const missing = c.layers.find((d) => this.layers.get(d)?.state !== "present");
+        if (missing !== undefined) return { ok: false, code: "BUSY", error: `layer ${missing} is not present` };
+        this.refs.set(`${c.agent} ${c.holder}`, c.layers);
+        return { ok: true, index };
+      }
+      case "ref.release":
+        this.refs.delete(`${c.agent} ${c.holder}`);
+        return { ok: true, index };
       case "image.release": {
         const img = this.images.get(c.ref);
         if (!img || !img.holders.includes(c.holder)) {
@@ -348,6 +366,7 @@ export class ClusterState {
       else this.transfers.set(d, { ...t, owner: t.owner === id ? "" : t.owner, waiters });
       this.onLayer?.(d);
     }
+    for (const key of [...this.refs.keys()]) if (key.startsWith(`${id} `)) this.refs.delete(key);
     for (const [ref, img] of this.images) {
       if (!img.holders.includes(id)) continue;
       const holders = img.holders.filter((h) => h !== id);
@@ -364,6 +383,7 @@ export class ClusterState {
         kv: [...this.kv],
         layers: [...this.layers],
         images: [...this.images],
+        refs: [...this.refs],
         transfers: [...this.transfers],
         leases: [...this.leases],
         failures: [...this.failures],
@@ -381,6 +401,7 @@ export class ClusterState {
         kv: z.array(z.tuple([z.string(), z.string()])),
         layers: z.array(z.tuple([z.string(), layerRecord])).default([]),
         images: z.array(z.tuple([z.string(), imageRecord])).default([]),
+        refs: z.array(z.tuple([z.string(), z.array(z.string())])).default([]),
         transfers: z.array(z.tuple([z.string(), transferRecord])).default([]),
         leases: z.array(z.tuple([z.string(), z.number()])).default([]),
         failures: z.array(z.tuple([z.string(), z.object({ code: z.string(), message: z.string(), at: z.number() })])).default([]),
@@ -391,6 +412,7 @@ export class ClusterState {
     s.kv = new Map(v.kv);
     s.layers = new Map(v.layers);
     s.images = new Map(v.images);
+    s.refs = new Map(v.refs);
     s.transfers = new Map(v.transfers);
     s.leases = new Map(v.leases);
     s.failures = new Map(v.failures);
