@@ -5,6 +5,7 @@
 import { request } from "node:http";
 import t from "tap";
 import { type Proc, TestCluster, api, status, until, whoLeads } from "./helpers/agents.js";
+import { freePort } from "./helpers/registry.js";
 
 const DEAD_VOTER_MS = 1500;
 const cluster = new TestCluster(["--dead-voter-ms", String(DEAD_VOTER_MS)]);
@@ -81,7 +82,7 @@ t.test("five agents, three voters", async (t) => {
 });
 
 t.test("metrics", async (t) => {
-  const port = 43900 + Math.floor(Math.random() * 90);
+  const port = await freePort();
   const c = new TestCluster(["--metrics", `127.0.0.1:${port}`]);
   t.teardown(() => c.stop());
   const [a] = await c.form(["m"], 1);

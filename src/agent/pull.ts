@@ -22,7 +22,7 @@ import type { ApplyResult, ClaimAnswer, Command, LayerSource } from "../../store
 import { WharfError, asErrorCode, errorCodeOf } from "../errors.js";
 import { extractLayer } from "../layers/extract.js";
 import type { LayerStore } from "../layers/store.js";
-import { type Platform, type RegistryClient } from "../registry/client.js";
+import type { Platform, RegistryClient, ResolvedImage } from "../registry/client.js";
 import { LAYER_MEDIA_TYPES } from "../registry/manifest.js";
 import { formatReference, parseReference } from "../registry/reference.js";
 import type { RaftNode } from "./raftnode.js";
@@ -133,7 +133,15 @@ export class Puller {
     queueMicrotask(() => void this.steal());
   }
 
-  async pull(refText: string, opts: { platform?: Platform; signal: AbortSignal; onEvent?: (e: PullEvent) => void }): Promise<PullSummary> {
+  /**
+   * Pulls an image: every layer present in the shared store, then held by
+   * this agent. `then` runs once it is held (e.g. registering it in a
+   * containerd), before the summary is returned.
+   */
+  async pull(
+    refText: string,
+    opts: { platform?: Platform; signal: AbortSignal; onEvent?: (e: PullEvent) => void; then?: (img: ResolvedImage) => Promise<void> },
+  ): Promise<PullSummary> {
     const t0 = performance.now();
     const ref = parseReference(refText);
     const emit = opts.onEvent ?? (() => {});
@@ -180,6 +188,7 @@ export class Puller {
       if (held.code !== "BUSY" || round >= 5) throw new WharfError(held.code, `${img.reference}: ${held.error}`);
       this.o.log.info({ image: img.reference, why: held.error }, "a layer went away before the image was held; claiming again");
     }
+    await opts.then?.(img);
     return {
       reference: img.reference,
       manifestDigest: img.manifestDigest,
@@ -187,6 +196,11 @@ export class Puller {
       registryBytes,
       seconds: (performance.now() - t0) / 1000,
     };
+  }
+
+  /** Makes a layer present in the shared store (cooperatively), for a snapshot that needs it. */
+  async ensureLayer(diffID: string, source: LayerSource, signal: AbortSignal): Promise<LayerOutcome> {
+    return this.layer(diffID, source, AbortSignal.any([signal, this.o.signal]), () => {});
   }
 
   /** One layer wanted by a local pull, until it is present (or failed for good). */

@@ -6,7 +6,9 @@ import { type IncomingMessage, type ServerResponse, createServer } from "node:ht
 import { z } from "zod";
 import type { Agent } from "../agent/agent.js";
 import { WharfError, errorCodeOf } from "../errors.js";
-import { parsePlatform } from "../registry/client.js";
+import { ContainerdClient } from "../containerd/client.js";
+import { registerImage } from "../containerd/register.js";
+import { type ResolvedImage, parsePlatform } from "../registry/client.js";
 import { formatReference, parseReference } from "../registry/reference.js";
 
 const HTTP_STATUS: Record<string, number> = {
@@ -19,7 +21,14 @@ const HTTP_STATUS: Record<string, number> = {
   SHUTTING_DOWN: 503,
 };
 
-const pullSchema = z.object({ ref: z.string().min(1).max(512), platform: z.string().max(128).optional() });
+const pullSchema = z.object({
+  ref: z.string().min(1).max(512),
+  platform: z.string().max(128).optional(),
+  /** Also register the image in this containerd (its socket), as its unpacker would. */
+  containerd: z
+    .object({ socket: z.string().min(1).max(4096), namespace: z.string().min(1).max(76).default("default"), snapshotter: z.string().min(1).max(64).default("wharf") })
+    .optional(),
+});
 const refSchema = z.object({ ref: z.string().min(1).max(512) });
 const mountSchema = z.object({ ref: z.string().min(1).max(512), target: z.string().min(1).max(4096) });
 const umountSchema = z.object({ target: z.string().min(1).max(4096) });
@@ -96,11 +105,27 @@ async function pull(agent: Agent, req: IncomingMessage, res: ServerResponse): Pr
     res.write(`${JSON.stringify(v)}\n`);
   };
   try {
-    const { ref, platform } = parse(pullSchema, await body(req));
+    const { ref, platform, containerd } = parse(pullSchema, await body(req));
     const result = await agent.puller.pull(ref, {
       signal: gone.signal,
       onEvent: (e) => line({ event: e }),
       ...(platform ? { platform: parsePlatform(platform) } : {}),
+      ...(containerd
+        ? {
+            then: async (img: ResolvedImage) => {
+              const c = new ContainerdClient(containerd.socket, containerd.namespace);
+              try {
+                await registerImage(c, containerd.snapshotter, {
+                  ...img,
+                  repository: formatReference({ registry: img.repository.registry, repository: img.repository.repository }),
+                  layers: img.layers.map((l) => ({ diffID: l.diffID, blob: l.digest, size: l.size, mediaType: l.mediaType })),
+                });
+              } finally {
+                c.close();
+              }
+            },
+          }
+        : {}),
     });
     line({ result });
   } catch (e) {

@@ -1,6 +1,7 @@
 // wharf: the command line client of the local agent.
 
 import { request } from "node:http";
+import { resolve } from "node:path";
 import { Command } from "commander";
 import { exitCodeOfCode } from "../errors.js";
 import { type PullEvent, PullProgress, type PullSummary } from "./progress.js";
@@ -151,12 +152,16 @@ program
   .argument("<ref>", "image reference, e.g. registry:5000/app:1.0 or busybox")
   .option("--platform <os/arch[/variant]>", "platform to choose from an image index")
   .option("--json", "print one JSON summary at the end instead of progress")
-  .action(async (ref: string, o: { platform?: string; json?: boolean }) => {
+  .option("--containerd <socket>", "also register the image in this containerd, ready for ctr run --snapshotter wharf")
+  .option("--namespace <ns>", "containerd namespace", "default")
+  .option("--snapshotter <name>", "name of wharf's proxy snapshotter in that containerd", "wharf")
+  .action(async (ref: string, o: { platform?: string; json?: boolean; containerd?: string; namespace: string; snapshotter: string }) => {
     const progress = o.json ? undefined : new PullProgress(process.stdout);
     let summary: PullSummary | undefined;
     let error: { code: string; message: string } | undefined;
     try {
-      await stream("/pull", { ref, ...(o.platform ? { platform: o.platform } : {}) }, (v) => {
+      const containerd = o.containerd ? { socket: resolve(o.containerd), namespace: o.namespace, snapshotter: o.snapshotter } : undefined;
+      await stream("/pull", { ref, ...(o.platform ? { platform: o.platform } : {}), ...(containerd ? { containerd } : {}) }, (v) => {
         if (v.event) progress?.event(v.event as PullEvent);
         if (v.result) summary = v.result as PullSummary;
         if (v.error) error = v.error as { code: string; message: string };

@@ -26,7 +26,9 @@ export class TestCluster {
   readonly root = mkdtempSync(join(tmpdir(), "wharf-cluster-"));
   readonly secretFile = join(this.root, "secret");
   readonly procs: Proc[] = [];
-  private nextPort = 42100 + Math.floor(Math.random() * 2000) * 4;
+  // Below Linux's ephemeral range (32768-60999), where the registry, the
+  // proxies and outgoing connections take their ports.
+  private nextPort = 20000 + Math.floor(Math.random() * 1500) * 8;
 
   constructor(private readonly extraArgs: readonly string[] = []) {
     writeFileSync(this.secretFile, SECRET);
@@ -66,7 +68,9 @@ export class TestCluster {
   /** Starts a founding agent and agents joining it; waits until `voters` voters. */
   async form(names: readonly string[], voters: number): Promise<Proc[]> {
     const first = this.start(names[0]!, "bootstrap");
-    const s = await until("the founding agent", async () => (existsSync(first.api) ? status(first) : undefined));
+    const s = await until("the founding agent", async () => (existsSync(first.api) ? status(first) : undefined)).catch((e: Error) => {
+      throw new Error(`${e.message}\n${first.log.slice(-2000)}`);
+    });
     const peer = this.peerAddr(first, s.id);
     const rest = names.slice(1).map((n) => this.start(n, { join: peer }));
     const all = [first, ...rest];
