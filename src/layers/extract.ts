@@ -13,8 +13,36 @@
 // only point at regular files already extracted. Devices other than the
 // overlay whiteout (char 0/0) are refused.
 //
+// Tar parsing is tar-stream's (headers, GNU long names and links, PAX
+// records, base-256 numbers). We hash and count every decompressed byte
+// ourselves and hand tar-stream only what we have placed in the archive's
+// block structure, one header block at a time and then exactly the member's
+// data and padding (its sizes tell us where the next header starts):
+//   - two zero blocks at a header position end the archive; what follows is
+//     hashed (it is part of the diffID) but never parsed, as Go's archive/tar
+//     and containerd do. tar-stream itself would skip zero blocks and go on
+//     parsing. One zero block followed by anything but another (or the end of
+//     the input) is refused, as is a zero block among extended headers.
+//   - names are decoded as latin1 (filenameEncoding), i.e. one char per raw
+//     byte, so non-UTF-8 names in ustar/GNU headers come out exactly.
+//   - tar-stream decodes PAX records as UTF-8, so a PAX path, linkpath or
+//     SCHILY.xattr value that is not valid UTF-8 cannot be recovered: such a
+//     member is refused, never extracted under an altered name or with an
+//     altered attribute value. This covers binary xattr values that are not
+//     valid UTF-8 (POSIX ACLs, file capabilities with a byte >= 0x80).
+//   - tar-stream applies only PAX path, linkpath and size; uid, gid, mtime,
+//     atime, xattrs and GNU.sparse (refused) are taken from its record map
+//     here. It ignores malformed PAX records instead of failing, applies a
+//     global PAX header only to members that have a local one too, parses
+//     numeric fields leniently (digits up to the first non-octal byte) and
+//     decodes negative base-256 numbers one too high (-1 as -0, which we
+//     refuse for sizes, ids and device numbers; a negative base-256 mtime
+//     comes out 1 s late). None of this can place anything outside `dest`:
+//     every name still goes through the checks above.
+//
 // Speed: the decompressor runs on the libuv pool while the main thread hashes
-// and parses; file system calls are synchronous (one open/write/fchown/
+// and parses; member data reaches the file as views of the decompressor's
+// chunks (no copy); file system calls are synchronous (one open/write/fchown/
 // fchmod/futimes/close per file, no promise per call) and yield to the event
 // loop every few milliseconds. Nothing is fsynced: the caller syncs the whole
 // tree once before renaming it into place.
@@ -41,9 +69,9 @@ import {
 } from "node:fs";
 import type { Readable, TransformOptions } from "node:stream";
 import { type ZlibOptions, type ZstdOptions, createGunzip, createZstdDecompress } from "node:zlib";
+import { type Extract, type ExtractEvents, type Header, extract as tarExtract } from "tar-stream";
 import { WharfError } from "../errors.js";
 import { type PendingNode, type PendingXattrs, createNodes, setXattrs, xattrNameProblem } from "./special.js";
-import { type TarHeader, TarEvent, TarReader, showName } from "./tar.js";
 
 export interface ExtractOptions {
   /** An existing EMPTY directory (a temp dir on the shared store); the layer's root. */
@@ -76,6 +104,53 @@ const SLICE_MS = 10;
 const FILE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW; // libuv adds O_CLOEXEC
 const OPAQUE = ".wh..wh..opq";
 const WHITEOUT = ".wh.";
+const BLOCK = 512;
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+/** uid/gid (2^32 - 1) means "unchanged" to chown(2): never a real owner. */
+const MAX_ID = 0xfffffffe;
+const DECIMAL = /^\d+$/;
+const TIME = /^-?\d+(\.\d+)?$/;
+const NON_ASCII = /[^\x00-\x7f]/;
+const noop = (): void => {};
+
+type TarEntryType = "file" | "link" | "symlink" | "chardev" | "blockdev" | "dir" | "fifo";
+
+/** tar-stream's entry types as ours ("contiguous-file" is a regular file everywhere else). */
+const TYPES: Record<string, TarEntryType> = {
+  file: "file",
+  "contiguous-file": "file",
+  link: "link",
+  symlink: "symlink",
+  "character-device": "chardev",
+  "block-device": "blockdev",
+  directory: "dir",
+  fifo: "fifo",
+};
+
+/** One archive member, validated, with its PAX and GNU long-name headers applied. */
+interface TarHeader {
+  /** The member name as raw bytes, one char per byte (latin1), not normalised. */
+  name: string;
+  /** Hard link or symlink target, raw bytes as in `name`; "" for other types. */
+  linkname: string;
+  type: TarEntryType;
+  /** Content bytes that follow the header (0 for every type but "file"). */
+  size: number;
+  /** Permission bits incl. setuid/setgid/sticky (& 0o7777). */
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Seconds since the epoch, possibly fractional (PAX) or negative. */
+  mtime: number;
+  atime: number | undefined;
+  devmajor: number;
+  devminor: number;
+  /** From PAX `SCHILY.xattr.NAME` records: name → raw value. */
+  xattrs: Map<string, Buffer> | null;
+}
+
+/** What tar-stream hands over per member. */
+type EntryStream = ExtractEvents["entry"][1];
 
 /** What this extraction made at a path. `dir` metadata is applied at the end. */
 interface Rec {
@@ -112,8 +187,147 @@ export async function extractLayer(input: Readable, opts: ExtractOptions): Promi
   }
 }
 
+function invalid(what: string): WharfError {
+  return new WharfError("INVALID_LAYER", what);
+}
+
+/** Printable form of a raw (latin1) member name for messages. */
+function showName(raw: string): string {
+  return JSON.stringify(Buffer.from(raw, "latin1").toString("utf8"));
+}
+
 function refuse(raw: string, why: string): WharfError {
-  return new WharfError("INVALID_LAYER", `layer entry ${showName(raw)}: ${why}`);
+  return invalid(`layer entry ${showName(raw)}: ${why}`);
+}
+
+/** tar-stream's errors (plain Errors, told apart by message) as the layer's fault. */
+function tarError(e: Error): WharfError {
+  const m = String(e.message);
+  if (m.startsWith("Invalid tar header. Maybe")) return invalid("layer archive has a tar header with a bad checksum (corrupt, or not a tar)");
+  if (m.includes("unknown format")) return invalid("layer archive has a tar header of unknown format");
+  // The only header field tar-stream itself refuses (NaN or negative).
+  if (m === "Invalid header") return invalid("layer archive has a tar header with an invalid size");
+  if (m.includes("exceeds max size")) return invalid("layer archive has an extended header past tar-stream's size limit");
+  if (m.includes("Unexpected end of data")) return invalid("layer archive is truncated");
+  return invalid(`layer archive is not a valid tar (${m})`);
+}
+
+/** A header number from tar-stream: NaN, negative and -0 (a negative base-256 number) are not numbers. */
+function isCount(n: number): boolean {
+  return Number.isFinite(n) && n >= 0 && !Object.is(n, -0);
+}
+
+/**
+ * A PAX value (decoded as UTF-8 by tar-stream) as raw bytes, one char per
+ * byte like the names from ustar headers; null if the record was not valid
+ * UTF-8 (tar-stream replaced bytes with U+FFFD: the original is lost).
+ */
+function paxRaw(v: string): string | null {
+  if (!NON_ASCII.test(v)) return v;
+  if (v.includes("\uFFFD")) return null;
+  return Buffer.from(v, "utf8").toString("latin1");
+}
+
+function paxInt(name: string, key: string, v: string, max: number): number {
+  const n = DECIMAL.test(v) ? Number(v) : NaN;
+  if (!(n <= max)) throw refuse(name, `PAX record ${key}=${JSON.stringify(v)} is not a valid number`);
+  return n;
+}
+
+function paxTime(name: string, key: string, v: string): number {
+  if (TIME.test(v) && Number.isFinite(Number(v))) return Number(v);
+  throw refuse(name, `PAX record ${key}=${JSON.stringify(v)} is not a valid time`);
+}
+
+/**
+ * tar-stream's header as ours: PAX records applied and every field checked.
+ * Refuses what readers disagree on (a size on a header-only type), sparse
+ * files, unknown types and values tar-stream could not decode.
+ */
+function toHeader(t: Header, maxEntrySize: number): TarHeader {
+  const pax = (t.pax ?? null) as Record<string, string> | null;
+  let name = t.name;
+  // tar-stream applied a non-empty PAX path (decoded as UTF-8) over the header's.
+  if (pax?.path) {
+    const raw = paxRaw(pax.path);
+    if (raw === null) throw refuse(Buffer.from(pax.path, "utf8").toString("latin1"), "PAX path is not valid UTF-8 (not supported)");
+    name = raw;
+  }
+  let linkname = t.linkname ?? "";
+  if (pax?.linkpath) {
+    const raw = paxRaw(pax.linkpath);
+    if (raw === null) throw refuse(name, "PAX linkpath is not valid UTF-8 (not supported)");
+    linkname = raw;
+  }
+  const type = t.type === null ? undefined : TYPES[t.type];
+  if (!type) throw refuse(name, "unsupported entry type");
+  const h: TarHeader = {
+    name,
+    linkname: type === "link" || type === "symlink" ? linkname : "",
+    type,
+    size: t.size,
+    mode: t.mode,
+    uid: t.uid,
+    gid: t.gid,
+    mtime: t.mtime.getTime() / 1000,
+    atime: undefined,
+    devmajor: 0,
+    devminor: 0,
+    xattrs: null,
+  };
+  if (pax) {
+    for (const key of Object.keys(pax)) {
+      const v = pax[key]!;
+      if (key.startsWith("SCHILY.xattr.")) {
+        const raw = paxRaw(v);
+        if (raw === null) throw refuse(name, `extended attribute ${key.slice(13)}: value is not valid UTF-8 (not supported)`);
+        (h.xattrs ??= new Map()).set(key.slice(13), Buffer.from(raw, "latin1"));
+        continue;
+      }
+      if (key.startsWith("GNU.sparse.")) throw refuse(name, "sparse files are not supported");
+      // An empty value reverts the field to the header's own.
+      if (v === "") continue;
+      switch (key) {
+        case "size":
+          // tar-stream took parseInt() of it; only plain digits are a size.
+          paxInt(name, key, v, Number.MAX_SAFE_INTEGER);
+          break;
+        case "uid":
+        case "gid":
+          h[key] = paxInt(name, key, v, MAX_ID);
+          break;
+        case "mtime":
+          h.mtime = paxTime(name, key, v);
+          break;
+        case "atime":
+          h.atime = paxTime(name, key, v);
+          break;
+        default:
+        // path, linkpath: above; uname, gname, ctime, comment, charset, vendor records: not ours to apply.
+      }
+    }
+  }
+  if (!isCount(h.size) || !Number.isSafeInteger(h.size)) throw refuse(name, "invalid size in header");
+  if (!isCount(h.mode)) throw refuse(name, "invalid mode in header");
+  h.mode &= 0o7777;
+  if (!(isCount(h.uid) && h.uid <= MAX_ID)) throw refuse(name, "invalid uid in header");
+  if (!(isCount(h.gid) && h.gid <= MAX_ID)) throw refuse(name, "invalid gid in header");
+  // Past ±2^40 s (35,000 years) a time is garbage, and may not fit a timespec.
+  if (!(Math.abs(h.mtime) < 2 ** 40)) throw refuse(name, "invalid mtime in header");
+  if (h.atime !== undefined && !(Math.abs(h.atime) < 2 ** 40)) throw refuse(name, "invalid atime");
+  if (type === "chardev" || type === "blockdev") {
+    h.devmajor = t.devmajor;
+    h.devminor = t.devminor;
+    if (!(isCount(h.devmajor) && isCount(h.devminor))) throw refuse(name, "invalid device number in header");
+  }
+  if (type !== "file" && h.size !== 0) {
+    // Readers disagree on whether such content exists (Go skips none, GNU
+    // tar skips it; tar-stream skips it except for directories): refuse
+    // rather than pick one reading.
+    throw refuse(name, `a ${type} entry with ${h.size} bytes of content`);
+  }
+  if (h.size > maxEntrySize) throw refuse(name, `size ${h.size} is past the limit of ${maxEntrySize} bytes`);
+  return h;
 }
 
 /**
@@ -140,8 +354,6 @@ function normalise(raw: string, entry: string, what: string): string {
   return s;
 }
 
-const NON_ASCII = /[^\x00-\x7f]/;
-
 function parentOf(rel: string): string {
   const i = rel.lastIndexOf("/");
   return i < 0 ? "" : rel.slice(0, i);
@@ -149,18 +361,63 @@ function parentOf(rel: string): string {
 
 class Extraction {
   private readonly dest: string;
+  private readonly max: number;
   private readonly recs = new Map<string, Rec>();
-  private readonly reader: TarReader;
   /** The regular file being written, if any. */
   private fd = -1;
-  private fileHeader: TarHeader | null = null;
   private entries = 0;
+  private sliceStart = 0;
+
+  // Feeding tar-stream. Positions are offsets in the decompressed stream.
+  private readonly tar: Extract;
+  /** Decompressed chunks not yet handed to tar-stream (the first from `queueOff`). */
+  private queue: Buffer[] = [];
+  private queueOff = 0;
+  private queued = 0;
+  /** Bytes handed to tar-stream. */
+  private fed = 0;
+  /** Where the next header block starts, or -1 while tar-stream reads extended headers. */
+  private boundary = 0;
+  /** The two zero blocks were seen: the rest is hashed, not parsed. */
+  private archiveEnded = false;
+  /** All our writes to tar-stream were processed. */
+  private drained = true;
+  /** A member tar-stream announced and we did not take yet. */
+  private announced: { header: Header; stream: EntryStream; next: () => void } | null = null;
+  /** The member whose data is being fed, and tar-stream's go-on callback for it. */
+  private header: TarHeader | null = null;
+  private resume: (() => void) | null = null;
+  /** End of the current member's data; whether tar-stream delivered all of it. */
+  private dataEnd = 0;
+  private dataDone = false;
+  /** The last member's name, for "truncated in". */
+  private lastName: string | null = null;
+  /** What went wrong (a tar-stream error, a write to a file, the abort), to throw from the loop. */
+  private failure: unknown = null;
+  /** Set once we are done with tar-stream: its "close" is no failure then. */
+  private stopped = false;
+  private wake: (() => void) | null = null;
 
   constructor(private readonly opts: ExtractOptions) {
     this.dest = opts.dest.replace(/\/+$/, "") || "/";
     const max = opts.maxBytes ?? DEFAULT_MAX_BYTES;
     if (!(max >= 0)) throw new WharfError("INVALID_ARGUMENT", `maxBytes must be a non-negative number, not ${max}`);
-    this.reader = new TarReader({ maxEntrySize: max });
+    this.max = max;
+    // highWaterMark 1: every write is answered by a "drain" once tar-stream
+    // has processed it. filenameEncoding latin1: names as raw bytes.
+    const tarOpts = { highWaterMark: 1, filenameEncoding: "latin1" };
+    this.tar = tarExtract(tarOpts);
+    this.tar.on("entry", (header, stream, next) => {
+      stream.on("error", noop);
+      this.announced = { header, stream, next };
+      this.poke();
+    });
+    this.tar.on("drain", () => {
+      this.drained = true;
+      this.poke();
+    });
+    this.tar.on("error", (e) => this.fail(tarError(e)));
+    this.tar.on("close", () => this.fail(invalid("layer archive: the tar parser stopped")));
     // The root: mode 0755 root:root as containerd's snapshotter makes it,
     // unless the archive has a "./" member.
     this.recs.set("", { kind: "dir", xattrs: null, children: new Set() });
@@ -168,7 +425,7 @@ class Extraction {
 
   async run(input: Readable): Promise<ExtractResult> {
     const { signal, onProgress } = this.opts;
-    const max = this.opts.maxBytes ?? DEFAULT_MAX_BYTES;
+    const max = this.max;
     signal?.throwIfAborted();
     this.checkDest();
     this.prepareRoot();
@@ -201,13 +458,14 @@ class Extraction {
     const onAbort = (): void => {
       source.destroy(signal!.reason);
       input.destroy();
+      this.fail(signal!.reason);
     };
     signal?.addEventListener("abort", onAbort, { once: true });
 
     const hash = createHash("sha256");
     let bytes = 0;
     try {
-      let slice = performance.now();
+      this.sliceStart = performance.now();
       const chunks = (source as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
       for (;;) {
         let next: IteratorResult<Buffer>;
@@ -224,23 +482,16 @@ class Extraction {
         bytes += chunk.length;
         if (bytes > max) throw new WharfError("INVALID_LAYER", `layer decompressed past the limit of ${max} bytes`);
         hash.update(chunk);
-        this.reader.push(chunk);
-        // Buffered chunks come without a trip through the event loop: yield
-        // to it ourselves once a slice of synchronous work is used up.
-        while (!this.drain(slice + SLICE_MS)) {
-          await new Promise(setImmediate);
-          signal?.throwIfAborted();
-          slice = performance.now();
+        if (!this.archiveEnded && chunk.length > 0) {
+          this.queue.push(chunk);
+          this.queued += chunk.length;
+          await this.pump(false);
         }
         onProgress?.(bytes);
-        if (performance.now() - slice > SLICE_MS) {
-          await new Promise(setImmediate);
-          slice = performance.now();
-        }
+        await this.pace();
       }
       signal?.throwIfAborted();
-      this.reader.end();
-      if (this.fd >= 0) throw new WharfError("INVALID_LAYER", "layer archive is truncated");
+      await this.pump(true);
 
       const diffID = `sha256:${hash.digest("hex")}`;
       if (this.opts.expectedDiffID !== undefined && diffID !== this.opts.expectedDiffID) {
@@ -254,8 +505,9 @@ class Extraction {
     }
   }
 
-  /** Releases what a failed run holds (the caller deletes dest). */
+  /** Releases what a run holds (on failure the caller deletes dest). */
   abandon(): void {
+    this.done();
     if (this.fd >= 0) {
       try {
         closeSync(this.fd);
@@ -264,6 +516,228 @@ class Extraction {
       }
       this.fd = -1;
     }
+  }
+
+  /** Stops tar-stream for good. */
+  private done(): void {
+    this.stopped = true;
+    this.tar.destroy();
+  }
+
+  private fail(e: unknown): void {
+    if (this.stopped) return;
+    this.failure ??= e;
+    this.poke();
+  }
+
+  private poke(): void {
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  private check(): void {
+    if (this.failure !== null) throw this.failure;
+  }
+
+  /** Waits for tar-stream's events until `ready()` (or a failure). */
+  private async until(ready: () => boolean): Promise<void> {
+    for (;;) {
+      this.check();
+      if (ready()) return;
+      await new Promise<void>((r) => (this.wake = r));
+    }
+  }
+
+  /** Yields to the event loop once a slice of synchronous work is used up. */
+  private async pace(): Promise<void> {
+    if (performance.now() - this.sliceStart < SLICE_MS) return;
+    await new Promise(setImmediate);
+    this.opts.signal?.throwIfAborted();
+    this.check();
+    this.sliceStart = performance.now();
+  }
+
+  /** Up to `n` queued bytes, without copying. */
+  private take(n: number): Buffer {
+    const head = this.queue[0]!;
+    const len = Math.min(n, head.length - this.queueOff);
+    const piece = head.subarray(this.queueOff, this.queueOff + len);
+    this.queueOff += len;
+    this.queued -= len;
+    if (this.queueOff === head.length) {
+      this.queue.shift();
+      this.queueOff = 0;
+    }
+    return piece;
+  }
+
+  /** The next whole block (a copy only if it spans chunks). */
+  private takeBlock(): Buffer {
+    const first = this.take(BLOCK);
+    if (first.length === BLOCK) return first;
+    const parts = [first];
+    for (let got = first.length; got < BLOCK; got += parts.at(-1)!.length) parts.push(this.take(BLOCK - got));
+    return Buffer.concat(parts, BLOCK);
+  }
+
+  /** Whether the queued block at `off` (0 or BLOCK; it must be queued) is all zeros. */
+  private zeroAt(off: number): boolean {
+    let i = 0;
+    let pos = this.queueOff + off;
+    while (pos >= this.queue[i]!.length) pos -= this.queue[i++]!.length;
+    const c = this.queue[i]!;
+    if (pos + BLOCK <= c.length) return ZERO_BLOCK.equals(c.subarray(pos, pos + BLOCK));
+    const b = Buffer.alloc(BLOCK);
+    for (let got = 0; got < BLOCK; pos = 0) {
+      const c = this.queue[i++]!;
+      got += c.copy(b, got, pos, Math.min(c.length, pos + BLOCK - got));
+    }
+    return ZERO_BLOCK.equals(b);
+  }
+
+  private send(b: Buffer): void {
+    this.drained = false;
+    this.fed += b.length;
+    this.tar.write(b);
+  }
+
+  /**
+   * Hands the queued bytes to tar-stream as far as the archive's structure
+   * allows, handling members as they come; returns when more input is needed.
+   * `eof`: the input ended, so what is missing never comes.
+   */
+  private async pump(eof: boolean): Promise<void> {
+    for (;;) {
+      this.check();
+      if (this.archiveEnded) {
+        this.queue = [];
+        this.queued = this.queueOff = 0;
+        if (eof) this.done();
+        return;
+      }
+      if (this.announced) {
+        this.startEntry();
+        await this.pace();
+        continue;
+      }
+      if (this.fed < this.boundary) {
+        // The current member's data and padding.
+        if (this.queued === 0) {
+          if (eof) throw invalid(`layer archive is truncated in ${showName(this.lastName!)}`);
+          return;
+        }
+        this.send(this.take(this.boundary - this.fed));
+        // tar-stream keeps its last data write until the member is done with.
+        if (this.header && this.fed >= this.dataEnd) await this.until(() => this.dataDone);
+        else await this.until(() => this.drained);
+        if (this.header && this.dataDone) this.endEntry();
+        continue;
+      }
+      if (this.boundary >= 0) {
+        // A header position: a member, an extended header or the end.
+        if (this.queued < BLOCK) {
+          if (!eof) return;
+          // The input ended at a member boundary without the end-of-archive
+          // blocks: Go's archive/tar and GNU tar accept this, and so do we.
+          if (this.queued === 0) {
+            this.done();
+            return;
+          }
+          throw invalid("layer archive is truncated");
+        }
+        if (this.zeroAt(0)) {
+          if (this.queued < 2 * BLOCK && !eof) return;
+          // As Go's archive/tar: one zero block must be followed by another
+          // (or by the end of the input), not by more members that some
+          // readers would extract and others would not.
+          if (this.queued >= 2 * BLOCK && !this.zeroAt(BLOCK)) throw invalid("layer archive has a lone zero block followed by data");
+          this.archiveEnded = true;
+          continue;
+        }
+        this.boundary = -1;
+      } else if (this.queued < BLOCK) {
+        // Extended headers (PAX, GNU long names) for a member yet to come.
+        if (!eof) return;
+        if (this.queued > 0) throw invalid("layer archive is truncated");
+        await this.endInHeaders();
+      } else if (this.zeroAt(0)) {
+        // tar-stream would skip it and apply the headers to whatever follows.
+        throw invalid("layer archive ends after an extended header");
+      }
+      this.send(this.takeBlock());
+      await this.until(() => this.drained);
+    }
+  }
+
+  /** The input ended among extended headers: truncated (tar-stream says so) or no member to apply them to. */
+  private async endInHeaders(): Promise<never> {
+    const got: { error?: Error } = {};
+    const closed = new Promise<void>((r) => {
+      this.tar.once("error", (e) => (got.error = e));
+      this.tar.once("close", () => r());
+    });
+    // Ending is the last thing we ask of it: its "close" is no failure now.
+    this.stopped = true;
+    this.tar.end(undefined);
+    await closed;
+    if (got.error) throw tarError(got.error);
+    throw invalid("layer archive ends after an extended header");
+  }
+
+  /** Takes the member tar-stream announced: checks it, makes it, and feeds its data next. */
+  private startEntry(): void {
+    const { header: t, stream, next } = this.announced!;
+    this.announced = null;
+    this.entries++;
+    // We hand over one header block at a time: the member's is the last one.
+    if (stream.offset !== this.fed - BLOCK) throw invalid(`layer archive: tar-stream read a member at ${stream.offset}, expected ${this.fed - BLOCK}`);
+    const h = toHeader(t, this.max);
+    this.header = h;
+    this.lastName = h.name;
+    this.resume = next;
+    this.dataEnd = this.fed + h.size;
+    this.boundary = this.fed + Math.ceil(h.size / BLOCK) * BLOCK;
+    this.dataDone = h.size === 0;
+    try {
+      this.begin(h);
+    } catch (e) {
+      throw this.explain(e);
+    }
+    if (h.size === 0) {
+      this.endEntry();
+      return;
+    }
+    stream.on("data", (d) => this.onData(d as Buffer));
+    stream.once("end", () => {
+      this.dataDone = true;
+      this.poke();
+    });
+  }
+
+  private onData(data: Buffer): void {
+    if (this.fd < 0 || this.failure !== null) return;
+    try {
+      let off = 0;
+      while (off < data.length) off += writeSync(this.fd, data, off, data.length - off);
+    } catch (e) {
+      this.fail(this.explain(e));
+    }
+  }
+
+  /** The member's data is all written: its metadata, then tar-stream may go on. */
+  private endEntry(): void {
+    if (this.fd >= 0) {
+      try {
+        this.endFile();
+      } catch (e) {
+        throw this.explain(e);
+      }
+    }
+    this.header = null;
+    const resume = this.resume!;
+    this.resume = null;
+    resume();
   }
 
   private checkDest(): void {
@@ -284,40 +758,9 @@ class Extraction {
     return Buffer.concat([Buffer.from(`${this.dest}/`), Buffer.from(rel, "latin1")]);
   }
 
-  /**
-   * Handles reader events until more input is needed (true) or the time
-   * slice is over (false).
-   */
-  private drain(deadline: number): boolean {
-    const r = this.reader;
-    try {
-      for (;;) {
-        switch (r.next()) {
-          case TarEvent.NEED_MORE:
-            return true;
-          case TarEvent.ENTRY:
-            this.entries++;
-            this.begin(r.header!);
-            break;
-          case TarEvent.DATA:
-            if (this.fd >= 0) this.write(r.data);
-            break;
-          case TarEvent.ENTRY_END:
-            if (this.fd >= 0) this.endFile();
-            if (performance.now() > deadline) return false;
-            break;
-          case TarEvent.ARCHIVE_END:
-            break;
-        }
-      }
-    } catch (e) {
-      throw this.explain(e);
-    }
-  }
-
   /** File system errors get the member's name; those a name can cause are the layer's fault. */
   private explain(e: unknown): unknown {
-    const h = this.reader.header;
+    const h = this.header;
     if (e instanceof WharfError || !h) return e;
     const err = e as NodeJS.ErrnoException;
     if (err.code === "ENAMETOOLONG") return refuse(h.name, "name too long");
@@ -373,7 +816,6 @@ class Extraction {
       case "file": {
         this.clear(rel);
         this.fd = openSync(this.abs(rel), FILE_FLAGS, 0o600);
-        this.fileHeader = h;
         this.add(rel, { kind: "file", xattrs });
         return;
       }
@@ -415,13 +857,8 @@ class Extraction {
     }
   }
 
-  private write(data: Buffer): void {
-    let off = 0;
-    while (off < data.length) off += writeSync(this.fd, data, off, data.length - off);
-  }
-
   private endFile(): void {
-    const h = this.fileHeader!;
+    const h = this.header!;
     const fd = this.fd;
     fchownSync(fd, h.uid, h.gid);
     // After chown, which clears setuid/setgid.
