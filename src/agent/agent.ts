@@ -11,10 +11,13 @@ import { LogStore } from "../../store/logstore.js";
 import { WharfError } from "../errors.js";
 import { LayerStore } from "../layers/store.js";
 import { type Platform, RegistryClient } from "../registry/client.js";
+import { type SnapshotterServer, serveSnapshotter } from "../snapshotter/grpc.js";
+import { OverlaySnapshotter } from "../snapshotter/overlay.js";
 import { Mounts } from "./mounts.js";
 import { Puller } from "./pull.js";
 import { createRaftMetrics, serveMetrics } from "./metrics.js";
 import { RaftNode } from "./raftnode.js";
+import { RemoteLayers } from "./snapshots.js";
 
 export interface AgentOptions {
   readonly dataDir: string;
@@ -41,6 +44,11 @@ export interface AgentOptions {
   readonly platform?: Platform;
   /** A master's lease on a transfer (ms, default 2000). */
   readonly leaseMs?: number;
+  /**
+   * Serve containerd's snapshots API (proxy plugin `wharf`) on this unix
+   * socket; the snapshotter's own state lives under DATA/snapshotter.
+   */
+  readonly snapshotterSocket?: string;
 }
 
 /** Gossip topic of download progress hints (never decides anything). */
@@ -70,6 +78,8 @@ export class Agent {
   readonly layers: LayerStore;
   readonly puller: Puller;
   readonly mounts: Mounts;
+  readonly registry: RegistryClient;
+  private snapshotter: { sn: OverlaySnapshotter; server: SnapshotterServer } | undefined;
 
   private constructor(
     readonly opts: AgentOptions,
@@ -81,15 +91,16 @@ export class Agent {
   ) {
     this.layers = parts.layers;
     this.mounts = parts.mounts;
+    this.registry = new RegistryClient({
+      insecureRegistries: [...(opts.insecureRegistries ?? [])],
+      log: opts.log,
+      ...(opts.dockerConfig ? { dockerConfig: opts.dockerConfig } : {}),
+    });
     this.puller = new Puller({
       id: host.id,
       node,
       store: parts.layers,
-      registry: new RegistryClient({
-        insecureRegistries: [...(opts.insecureRegistries ?? [])],
-        log: opts.log,
-        ...(opts.dockerConfig ? { dockerConfig: opts.dockerConfig } : {}),
-      }),
+      registry: this.registry,
       log: opts.log,
       workers: opts.pullWorkers ?? 3,
       ...(opts.platform ? { platform: opts.platform } : {}),
@@ -181,10 +192,40 @@ export class Agent {
       if (opts.bootstrap && empty) node.rn.campaign();
       agent.upkeep = setInterval(() => void agent.maintain(), 500);
       if (opts.metricsAddr) agent.stopMetrics = await serveMetrics(metrics.registry, opts.metricsAddr);
+      if (opts.snapshotterSocket) await agent.serveSnapshotter(opts.snapshotterSocket);
       opts.log.info({ id: host.id, addrs: host.addrs() }, "agent started");
       return agent;
     } catch (e) {
       await store.close();
+      throw e;
+    }
+  }
+
+  /**
+   * containerd's proxy snapshotter: local snapshots under DATA/snapshotter,
+   * layers of the shared store as committed snapshots that the cooperative
+   * pull makes present (containerd's remote-snapshotter protocol).
+   */
+  private async serveSnapshotter(socket: string): Promise<void> {
+    const remote = new RemoteLayers({
+      id: this.id,
+      node: this.node,
+      puller: this.puller,
+      store: this.layers,
+      registry: this.registry,
+      log: this.opts.log,
+      signal: this.life.signal,
+      ...(this.opts.platform ? { platform: this.opts.platform } : {}),
+    });
+    const sn = await OverlaySnapshotter.open(join(this.opts.dataDir, "snapshotter"), {
+      resolveRemote: (req) => remote.resolve(req),
+      onRemoveExternal: (name) => remote.removed(name),
+      log: this.opts.log,
+    });
+    try {
+      this.snapshotter = { sn, server: await serveSnapshotter(sn, socket, this.opts.log) };
+    } catch (e) {
+      await sn.close();
       throw e;
     }
   }
@@ -279,6 +320,10 @@ export class Agent {
     this.life.abort(new WharfError("SHUTTING_DOWN", "the agent is shutting down"));
     if (this.upkeep) clearInterval(this.upkeep);
     await this.stopMetrics?.();
+    if (this.snapshotter) {
+      await this.snapshotter.server.close();
+      await this.snapshotter.sn.close();
+    }
     await this.node.stop();
     await this.host.stop();
     await this.store.close();

@@ -26,6 +26,7 @@ interface Flags {
   platform: string;
   dockerConfig?: string;
   leaseMs: string;
+  snapshotterSocket?: string;
 }
 
 const program = new Command("wharf-agent").description("A wharf agent: one per container host.");
@@ -46,6 +47,7 @@ function withAgentFlags(c: Command): Command {
     .option("--pull-workers <n>", "layers this agent downloads at once", "3")
     .option("--platform <os/arch[/variant]>", "platform chosen from image indexes", "linux/amd64")
     .option("--lease-ms <ms>", "a master's lease on a layer transfer, renewed 3 times per period", "2000")
+    .option("--snapshotter-socket <socket>", "serve containerd's snapshots API (proxy plugin \"wharf\") on this unix socket")
     .option("--docker-config <file>", "docker config.json with registry credentials (default: ~/.docker/config.json)");
 }
 
@@ -82,6 +84,7 @@ async function run(flags: Flags, bootstrap: boolean, peer?: string): Promise<voi
     platform: parsePlatform(flags.platform),
     ...(flags.dockerConfig ? { dockerConfig: flags.dockerConfig } : {}),
     ...(flags.metrics ? { metricsAddr: flags.metrics } : {}),
+    ...(flags.snapshotterSocket ? { snapshotterSocket: flags.snapshotterSocket } : {}),
   });
   const controller = new AbortController();
   let stopping = false;

@@ -1,0 +1,122 @@
+// The agent's side of containerd's remote-snapshotter protocol: a Prepare
+// that names a layer (by its chain id, with where it comes from) is answered
+// from the shared store. The layer is made present cooperatively (claimed,
+// pulled by whichever agent is master, or found present), the snapshot pins
+// it in the replicated state, and containerd never downloads it.
+//
+// Where a layer comes from, in order:
+//  - our own label `containerd.io/snapshot/wharf.layer` (set by `wharf pull --containerd`);
+//  - CRI's labels `containerd.io/snapshot/cri.image-ref` and `cri.layer-digest`
+//    (Kubernetes pulls): the image is resolved once and the layer found in it.
+
+import type { Logger } from "pino";
+import { z } from "zod";
+import { LAYER_LABEL, REF_LABEL, chainIDs } from "../containerd/register.js";
+import { WharfError } from "../errors.js";
+import type { LayerStore } from "../layers/store.js";
+import type { Platform, RegistryClient, ResolvedImage } from "../registry/client.js";
+import { formatReference, parseReference } from "../registry/reference.js";
+import type { RemoteRequest, RemoteSnapshot } from "../snapshotter/overlay.js";
+import type { Puller } from "./pull.js";
+import type { RaftNode } from "./raftnode.js";
+
+const CRI_IMAGE = "containerd.io/snapshot/cri.image-ref";
+const CRI_LAYER = "containerd.io/snapshot/cri.layer-digest";
+const digest = z.string().regex(/^sha256:[0-9a-f]{64}$/);
+const layerLabel = z.object({
+  diffID: digest,
+  repository: z.string().min(1).max(512),
+  blob: digest,
+  size: z.number().int().nonnegative(),
+  mediaType: z.string().max(256),
+});
+
+export interface RemoteLayersOptions {
+  readonly id: string;
+  readonly node: RaftNode;
+  readonly puller: Puller;
+  readonly store: LayerStore;
+  readonly registry: RegistryClient;
+  readonly platform?: Platform;
+  readonly log: Logger;
+  readonly signal: AbortSignal;
+}
+
+export class RemoteLayers {
+  /** Images resolved for CRI's labels, by reference (a pull Prepares every layer of one image). */
+  private readonly resolved = new Map<string, Promise<ResolvedImage>>();
+
+  constructor(private readonly o: RemoteLayersOptions) {}
+
+  /** The snapshotter's `resolveRemote`: undefined when the labels do not say where the layer comes from. */
+  async resolve(req: RemoteRequest): Promise<RemoteSnapshot | undefined> {
+    const name = req.labels[REF_LABEL];
+    if (!name) return undefined;
+    const layer = await this.describe(req.labels, name);
+    if (!layer) return undefined;
+    // The name must be the chain id of this layer over the parent's chain.
+    const expected = req.parent === "" ? layer.diffID : chainIDs([req.parent, layer.diffID]).at(-1)!;
+    if (req.parent === "" ? name !== layer.diffID : name !== expected) {
+      throw new WharfError("INVALID_ARGUMENT", `snapshot ${name} is not the chain id of layer ${layer.diffID} over ${req.parent || "nothing"}`);
+    }
+    const source = { repository: layer.repository, blob: layer.blob, size: layer.size, mediaType: layer.mediaType };
+    await this.o.puller.ensureLayer(layer.diffID, source, this.o.signal);
+    await this.hold(name, layer.diffID);
+    return { name, dir: this.o.store.layerPath(layer.diffID), labels: { ...req.labels } };
+  }
+
+  /** The snapshotter forgot an external snapshot: this host no longer pins its layer. */
+  async removed(name: string): Promise<void> {
+    const r = await this.o.node.propose({ type: "ref.release", agent: this.o.id, holder: `snapshot:${name}` }, AbortSignal.timeout(15_000));
+    if (!r.ok) this.o.log.warn({ snapshot: name, err: r.error }, "releasing a snapshot's layer failed");
+  }
+
+  private async hold(name: string, diffID: string): Promise<void> {
+    // The layer was present a moment ago; a deletion in between makes the
+    // hold fail, and the layer is made present again.
+    for (let i = 0; i < 5; i++) {
+      const r = await this.o.node.propose({ type: "ref.hold", agent: this.o.id, holder: `snapshot:${name}`, layers: [diffID] }, AbortSignal.timeout(15_000));
+      if (r.ok) return;
+      this.o.log.info({ snapshot: name, why: r.error }, "layer went away before the snapshot held it; pulling again");
+    }
+    throw new WharfError("BUSY", `could not pin layer ${diffID} for snapshot ${name}`);
+  }
+
+  private async describe(labels: Readonly<Record<string, string>>, name: string): Promise<z.infer<typeof layerLabel> | undefined> {
+    const own = labels[LAYER_LABEL];
+    if (own !== undefined) {
+      let v: unknown;
+      try {
+        v = JSON.parse(own);
+      } catch {
+        throw new WharfError("INVALID_ARGUMENT", `label ${LAYER_LABEL} of ${name} is not JSON`);
+      }
+      const r = layerLabel.safeParse(v);
+      if (!r.success) throw new WharfError("INVALID_ARGUMENT", `label ${LAYER_LABEL} of ${name}: ${r.error.issues[0]?.message}`);
+      return r.data;
+    }
+    const imageRef = labels[CRI_IMAGE];
+    const blob = labels[CRI_LAYER];
+    if (!imageRef || !blob) return undefined;
+    const ref = parseReference(imageRef);
+    const key = formatReference(ref);
+    let p = this.resolved.get(key);
+    if (!p) {
+      p = this.o.registry.resolve(ref, { signal: this.o.signal, ...(this.o.platform ? { platform: this.o.platform } : {}) });
+      this.resolved.set(key, p);
+      p.catch(() => this.resolved.delete(key));
+      // Tags move: forget the resolution after a while.
+      setTimeout(() => this.resolved.delete(key), 60_000).unref();
+    }
+    const img = await p;
+    const l = img.layers.find((x) => x.digest === blob);
+    if (!l) throw new WharfError("NOT_FOUND", `layer ${blob} is not in ${img.reference}`);
+    return {
+      diffID: l.diffID,
+      repository: formatReference({ registry: img.repository.registry, repository: img.repository.repository }),
+      blob: l.digest,
+      size: l.size,
+      mediaType: l.mediaType,
+    };
+  }
+}
