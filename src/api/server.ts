@@ -160,6 +160,8 @@ function layersOf(agent: Agent): object[] {
     state: l.state,
     committedAt: l.committedAt,
     images: [...st.images].filter(([, i]) => i.layers.includes(diffID)).map(([r]) => r),
+    // "AGENT HOLDER" (an image reference, or "snapshot:<name>" of a containerd snapshot).
+    holders: [...st.refs].filter(([, ls]) => ls.includes(diffID)).map(([k]) => k),
     path: agent.layers.layerPath(diffID),
   }));
 }

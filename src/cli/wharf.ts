@@ -195,11 +195,11 @@ program
   .description("layers in the shared store")
   .option("--json", "print JSON")
   .action(async (o: { json?: boolean }) => {
-    const layers = (await invoke("GET", "/layers")) as { diffID: string; blob: string; size: number; unpacked: number; state: string; images: string[] }[];
+    const layers = (await invoke("GET", "/layers")) as { diffID: string; blob: string; size: number; unpacked: number; state: string; images: string[]; holders: string[] }[];
     if (o.json) return console.log(JSON.stringify(layers));
     table([
-      ["DIFFID", "BLOB", "SIZE", "UNPACKED", "STATE", "IMAGES"],
-      ...layers.map((l) => [short(l.diffID), short(l.blob), bytes(l.size), bytes(l.unpacked), l.state, String(l.images.length)]),
+      ["DIFFID", "BLOB", "SIZE", "UNPACKED", "STATE", "IMAGES", "HOLDERS"],
+      ...layers.map((l) => [short(l.diffID), short(l.blob), bytes(l.size), bytes(l.unpacked), l.state, String(l.images.length), String(l.holders.length)]),
     ]);
   });
 

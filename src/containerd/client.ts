@@ -61,6 +61,7 @@ export class ContainerdClient {
   private readonly content: Service;
   private readonly images: Service;
   private readonly snapshots: Service;
+  private readonly leases: Service;
   private readonly md = new grpc.Metadata();
 
   constructor(
@@ -76,6 +77,8 @@ export class ContainerdClient {
     this.content = new C(address, creds, opts) as unknown as Service;
     this.images = new I(address, creds, opts) as unknown as Service;
     this.snapshots = new S(address, creds, opts) as unknown as Service;
+    const L = serviceAt(load("containerd/services/leases/v1/leases.proto"), "containerd.services.leases.v1.Leases");
+    this.leases = new L(address, creds, opts) as unknown as Service;
     // containerd scopes every object by the namespace named in this header.
     this.md.set("containerd-namespace", namespace);
   }
@@ -154,7 +157,31 @@ export class ContainerdClient {
     await this.call(this.snapshots, "Remove", { snapshotter, key }, `remove ${key}`);
   }
 
+  /**
+   * Runs `fn` under a containerd lease: what it creates (content, snapshots)
+   * is safe from containerd's garbage collector until the image record and
+   * the GC labels reference it. The lease expires by itself after an hour
+   * if this process dies before deleting it.
+   */
+  async withLease<T>(fn: () => Promise<T>): Promise<T> {
+    const expire = new Date(Date.now() + 3600_000).toISOString();
+    const r = await this.call<{ lease: { id: string } }>(
+      this.leases,
+      "Create",
+      { id: `wharf-${process.pid}-${Date.now()}`, labels: { "containerd.io/gc.expire": expire } },
+      "creating a lease",
+    );
+    this.md.set("containerd-lease", r.lease.id);
+    try {
+      return await fn();
+    } finally {
+      this.md.remove("containerd-lease");
+      await this.call(this.leases, "Delete", { id: r.lease.id }, "deleting a lease").catch(() => {});
+    }
+  }
+
   close(): void {
+    this.leases.close();
     this.content.close();
     this.images.close();
     this.snapshots.close();

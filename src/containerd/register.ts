@@ -46,7 +46,13 @@ export function chainIDs(diffIDs: readonly string[]): string[] {
  * layer's snapshot with the remote-snapshotter labels: our snapshotter
  * commits the shared layer under its chain id and answers "already exists".
  */
-export async function registerImage(c: ContainerdClient, snapshotter: string, img: RegisteredImage): Promise<string[]> {
+export function registerImage(c: ContainerdClient, snapshotter: string, img: RegisteredImage): Promise<string[]> {
+  // Under a lease, as containerd's own pull: a GC pass in between must not
+  // collect the content or snapshots before the image record holds them.
+  return c.withLease(() => register(c, snapshotter, img));
+}
+
+async function register(c: ContainerdClient, snapshotter: string, img: RegisteredImage): Promise<string[]> {
   const chain = chainIDs(img.layers.map((l) => l.diffID));
   const top = chain.at(-1);
   await c.putContent(img.configDigest, img.config, top ? { [`containerd.io/gc.ref.snapshot.${snapshotter}`]: top } : {});
