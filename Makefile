@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
 SEEDS ?= 200
 STEPS ?= 3000
 
-.PHONY: all install system-deps demo demo-sim test typecheck sim sim-bugs bench-raft bench-extract clean
+.PHONY: all install system-deps demo demo-sim hosts test typecheck sim sim-bugs bench-raft bench-extract clean
 
 all: test
 
@@ -29,6 +29,13 @@ system-deps:
 # the merged view of the shared layers.
 demo: install system-deps
 	tsx deploy/local/demo.ts
+
+# N hosts in network namespaces, each with an agent and a containerd, one
+# shared directory, a registry behind a bandwidth limit; up until Ctrl-C.
+HOSTS ?= 3
+RATE_MBIT ?= 100
+hosts: install system-deps
+	tsx deploy/local/cluster.ts --hosts $(HOSTS) --rate-mbit $(RATE_MBIT)
 
 # The Raft core alone: a simulated cluster through crashes, partitions,
 # membership changes and leadership transfers, narrated.

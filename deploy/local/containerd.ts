@@ -92,10 +92,12 @@ export async function startContainerd(o: ContainerdOptions, signal?: AbortSignal
   writeFileSync(config, containerdConfig(o));
   const socket = join(o.dir, "containerd.sock");
   const [cmd, args] = inNetns(o.netns, "containerd", ["--config", config]);
-  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+  // Its own process group (a Ctrl-C is for the caller, who stops it in
+  // order); dies with the caller even on SIGKILL (setpriv --pdeathsig).
+  const child = spawn("setpriv", ["--pdeathsig", "SIGKILL", cmd, ...args], { stdio: ["ignore", "pipe", "pipe"], detached: true });
   const ctr: Containerd["ctr"] = (a, opts = {}) => {
     const [c, ca] = inNetns(o.netns, "ctr", ["--address", socket, ...a]);
-    const r = spawnSync(c, ca, { encoding: "utf8", timeout: opts.timeoutMs ?? 60_000 });
+    const r = spawnSync(c, ca, { encoding: "utf8", timeout: opts.timeoutMs ?? 60_000, killSignal: "SIGKILL" });
     return { status: r.status, stdout: r.stdout ?? "", stderr: r.stderr ?? "" };
   };
   const c: Containerd = {

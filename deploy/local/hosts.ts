@@ -63,10 +63,14 @@ function sh(cmd: string, args: readonly string[]): string {
   return r.stdout;
 }
 
-/** A child that dies with this process, even on SIGKILL (setpriv --pdeathsig), inside `netns`. */
+/**
+ * A child inside `netns` that dies with this process, even on SIGKILL
+ * (setpriv --pdeathsig), in a process group of its own: a Ctrl-C reaches
+ * only this process, which takes the hosts down in order.
+ */
 function spawnIn(netns: string, cmd: string, args: readonly string[]): ChildProcess {
   const [c, a] = inNetns(netns, cmd, args);
-  return spawn("setpriv", ["--pdeathsig", "SIGKILL", c, ...a], { cwd: REPO, stdio: ["ignore", "pipe", "pipe"] });
+  return spawn("setpriv", ["--pdeathsig", "SIGKILL", c, ...a], { cwd: REPO, stdio: ["ignore", "pipe", "pipe"], detached: true });
 }
 
 function exited(p: ChildProcess): boolean {
@@ -88,6 +92,7 @@ async function kill(p: ChildProcess, signal: NodeJS.Signals): Promise<void> {
  * 1.6, so a container left behind would block its id for the next run.
  */
 export function removeContainers(c: Containerd): void {
+  if (c.child.exitCode !== null || c.child.signalCode !== null) return;
   for (const ns of c.ctr(["namespaces", "ls", "-q"]).stdout.split("\n").filter(Boolean)) {
     for (const id of c.ctr(["-n", ns, "tasks", "ls", "-q"]).stdout.split("\n").filter(Boolean)) {
       c.ctr(["-n", ns, "tasks", "rm", "-f", id]);
