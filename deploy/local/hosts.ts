@@ -30,10 +30,14 @@ export interface LocalHostsOptions {
   readonly rateMbit?: number;
   /** containerd per host with CRI pulling through wharf. Default true. */
   readonly containerd?: boolean;
-  /** Extra flags for every agent. */
-  readonly agentArgs?: readonly string[];
+  /** Extra flags for every agent (a function: of the subnet's "10.A.B"). */
+  readonly agentArgs?: readonly string[] | ((net: string) => readonly string[]);
   /** Voters of the Raft group (default min(3, n)). */
   readonly voters?: number;
+  /** The registry's storage (a `data` dir another registry filled); default: a new, empty one. */
+  readonly registryData?: string;
+  /** The shared store on a tmpfs of this many MiB (to fill it up); default: a plain directory. */
+  readonly sharedTmpfsMb?: number;
 }
 
 export interface LocalHost {
@@ -110,6 +114,8 @@ export class LocalHosts {
   private registryLog = "";
   private readonly namespaces: string[] = [];
   private routeAdded = false;
+  private tmpfs = false;
+  private readonly cuts: [LocalHost, LocalHost][] = [];
   readonly secretFile: string;
   readonly shared: string;
 
@@ -164,6 +170,10 @@ export class LocalHosts {
     const { n } = this.opts;
     writeFileSync(this.secretFile, randomBytes(24).toString("hex"));
     mkdirSync(this.shared);
+    if (this.opts.sharedTmpfsMb) {
+      sh("mount", ["-t", "tmpfs", "-o", `size=${this.opts.sharedTmpfsMb}m,mode=0755`, "wharf-shared", this.shared]);
+      this.tmpfs = true;
+    }
     sh("ip", ["route", "add", "unreachable", this.subnet]);
     this.routeAdded = true;
     const br = this.addNetns(`${this.prefix}-br`);
@@ -231,7 +241,7 @@ export class LocalHosts {
         "  level: error",
         "storage:",
         "  filesystem:",
-        `    rootdirectory: ${join(dir, "data")}`,
+        `    rootdirectory: ${this.opts.registryData ?? join(dir, "data")}`,
         "  delete:",
         "    enabled: true",
         "http:",
@@ -275,7 +285,7 @@ export class LocalHosts {
       String(this.opts.voters ?? Math.min(3, this.opts.n)),
       "--tick-ms",
       "50",
-      ...(this.opts.agentArgs ?? []),
+      ...(typeof this.opts.agentArgs === "function" ? this.opts.agentArgs(this.net) : (this.opts.agentArgs ?? [])),
     ];
     host.agentLog = "";
     host.agent = spawnIn(host.netns, process.execPath, args);
@@ -333,6 +343,25 @@ export class LocalHosts {
     return api(host as never, method, path, body);
   }
 
+  /**
+   * Drops every packet `from` sends to `to` (one way; call twice for both):
+   * a blackhole route in `from`'s namespace, until `heal`.
+   */
+  cut(from: LocalHost, to: LocalHost): void {
+    sh("ip", ["-n", from.netns, "route", "add", "blackhole", `${to.addr}/32`]);
+    this.cuts.push([from, to]);
+  }
+
+  /** Undoes every `cut`. */
+  heal(): void {
+    for (const [from, to] of this.cuts) spawnSync("ip", ["-n", from.netns, "route", "del", "blackhole", `${to.addr}/32`]);
+    this.cuts.length = 0;
+  }
+  /** The registry link's rate in Mbit/s (tbf; the link was made with a rate). */
+  setRegistryRate(mbit: number): void {
+    sh("ip", ["netns", "exec", `${this.prefix}-reg`, "tc", "qdisc", "change", "dev", "eth0", "root", "tbf", "rate", `${mbit}mbit`, "burst", "64kb", "latency", "50ms"]);
+  }
+
   /** Stops everything, unmounts what is left, deletes the namespaces, the route and the files. */
   async down(): Promise<void> {
     await Promise.all(
@@ -349,6 +378,7 @@ export class LocalHosts {
     // Container rootfs mounts that a stopped containerd left behind.
     const mounts = spawnSync("findmnt", ["-rn", "-o", "TARGET"], { encoding: "utf8" }).stdout.split("\n").filter((m) => m.startsWith(this.root));
     for (const m of mounts.reverse()) spawnSync("umount", ["-l", m]);
+    if (this.tmpfs) spawnSync("umount", ["-l", this.shared]);
     for (const ns of this.namespaces.reverse()) spawnSync("ip", ["netns", "del", ns]);
     if (this.routeAdded) spawnSync("ip", ["route", "del", "unreachable", this.subnet]);
     rmSync(this.root, { recursive: true, force: true });

@@ -347,37 +347,51 @@ export class Puller {
       // a rename only ever publishes a complete, verified layer.
       this.o.log.info({ layer: diffID }, "layer found in the store; committing it");
     } else {
-      const tmp = await store.tempDir("extract");
-      try {
-        let last = 0;
-        const repo = parseReference(source.repository);
-        const blob = this.o.registry.openBlob(repo, { digest: source.blob, size: source.size }, {
-          partialFile: store.partialPath(source.blob),
-          signal: fenced,
-          onProgress: (p) => {
-            fetched = p.fromNetwork;
-            this.checkFence(diffID);
-            const now = Date.now();
-            if (now - last >= 200 || p.done === p.total) {
-              last = now;
-              emit({ type: "layer", digest: source.blob, status: p.done === p.total ? "extracting" : "downloading", done: p.done, total: p.total, by: this.o.id });
-              this.o.publish?.({ diffID, blob: source.blob, agent: this.o.id, done: p.done, total: p.total });
-            }
-          },
-        });
-        ({ bytes: unpacked } = await extractLayer(blob, { dest: tmp, compression, expectedDiffID: diffID, signal: fenced }));
-        this.checkFence(diffID);
-        await store.commitLayer(tmp, diffID);
-      } catch (e) {
-        await store.discard(tmp);
-        if (e instanceof StaleAttempt || (signal.aborted && signal.reason instanceof StaleAttempt)) throw signal.reason ?? e;
-        const code = errorCodeOf(e);
-        this.o.log.warn({ layer: diffID, blob: source.blob, repository: source.repository, code, err: (e as Error).message }, "layer pull failed");
-        // The layer's own fault: every waiter fails with it. Otherwise (the
-        // registry or this agent failed) the transfer goes back to the queue.
-        const error = CONTENT_ERRORS.has(code) ? { code, message: (e as Error).message.slice(0, 2000) } : undefined;
-        await this.send({ type: "layer.abort", diffID, agent: this.o.id, attempt, ...(error ? { error } : {}) }, this.o.signal).catch(() => {});
-        throw e;
+      // A layer whose bytes fail (digest, archive) may have been damaged in
+      // transit or by an earlier attempt's partial file: those bytes are
+      // never resumed from, and the blob is fetched once more from scratch
+      // before the layer itself is blamed.
+      for (let tries = 1; ; tries++) {
+        const tmp = await store.tempDir("extract");
+        const before = fetched;
+        try {
+          let last = 0;
+          const repo = parseReference(source.repository);
+          const blob = this.o.registry.openBlob(repo, { digest: source.blob, size: source.size }, {
+            partialFile: store.partialPath(source.blob),
+            signal: fenced,
+            onProgress: (p) => {
+              fetched = before + p.fromNetwork;
+              this.checkFence(diffID);
+              const now = Date.now();
+              if (now - last >= 200 || p.done === p.total) {
+                last = now;
+                emit({ type: "layer", digest: source.blob, status: p.done === p.total ? "extracting" : "downloading", done: p.done, total: p.total, by: this.o.id });
+                this.o.publish?.({ diffID, blob: source.blob, agent: this.o.id, done: p.done, total: p.total });
+              }
+            },
+          });
+          ({ bytes: unpacked } = await extractLayer(blob, { dest: tmp, compression, expectedDiffID: diffID, signal: fenced }));
+          this.checkFence(diffID);
+          await store.commitLayer(tmp, diffID);
+          break;
+        } catch (e) {
+          await store.discard(tmp);
+          if (e instanceof StaleAttempt || (signal.aborted && signal.reason instanceof StaleAttempt)) throw signal.reason ?? e;
+          const code = errorCodeOf(e);
+          const content = CONTENT_ERRORS.has(code);
+          if (content) await rm(store.partialPath(source.blob), { force: true });
+          if (content && tries === 1 && (code === "DIGEST_MISMATCH" || code === "INVALID_LAYER")) {
+            this.o.log.warn({ layer: diffID, blob: source.blob, code, err: (e as Error).message }, "layer bytes failed; fetching the blob again from scratch");
+            continue;
+          }
+          this.o.log.warn({ layer: diffID, blob: source.blob, repository: source.repository, code, err: (e as Error).message }, "layer pull failed");
+          // The layer's own fault: every waiter fails with it. Otherwise (the
+          // registry or this agent failed) the transfer goes back to the queue.
+          const error = content ? { code, message: (e as Error).message.slice(0, 2000) } : undefined;
+          await this.send({ type: "layer.abort", diffID, agent: this.o.id, attempt, ...(error ? { error } : {}) }, this.o.signal).catch(() => {});
+          throw e;
+        }
       }
       await rm(store.partialPath(source.blob), { force: true });
     }

@@ -1,6 +1,7 @@
 // The agent's local API: JSON over HTTP on a unix socket that only the
 // agent's user can open (mode 0600). The `wharf` command is its client.
 
+import { createHash } from "node:crypto";
 import { chmod, rm } from "node:fs/promises";
 import { type IncomingMessage, type ServerResponse, createServer } from "node:http";
 import { z } from "zod";
@@ -86,7 +87,14 @@ export async function serveApi(agent: Agent, socketPath: string, onLeave: () => 
     server.listen(socketPath, () => resolve());
   });
   await chmod(socketPath, 0o600);
-  return () => new Promise<void>((resolve) => server.close(() => resolve()));
+  // Closing ends the requests in flight too (a pull stream would otherwise
+  // hold the agent's shutdown for as long as the pull lasts): their clients
+  // see the connection drop, and the work they started is aborted.
+  return () =>
+    new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    });
 }
 
 /**
@@ -188,6 +196,11 @@ async function handle(agent: Agent, req: IncomingMessage, res: ServerResponse, o
         out = { key, value: agent.node.state.kv.get(key) ?? null };
         break;
       }
+      case "GET /state":
+        // Agents that applied the same index must hold the same state: the
+        // digest lets a checker compare them without shipping the state.
+        out = { applied: agent.node.state.applied, digest: createHash("sha256").update(agent.node.state.encode()).digest("hex") };
+        break;
       case "GET /kv/all":
         out = { applied: agent.node.state.applied, kv: Object.fromEntries(agent.node.state.kv) };
         break;

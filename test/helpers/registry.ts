@@ -373,8 +373,8 @@ export interface Proxy {
 
 const BLOB_PATH = /^\/v2\/.+\/blobs\/(sha256:[a-f0-9]{64})(?:\?.*)?$/;
 
-/** A reverse proxy on loopback in front of `target` (HOST:PORT). */
-export async function startProxy(target: string): Promise<Proxy> {
+/** A reverse proxy in front of `target` (HOST:PORT), on loopback or at `opts.listen` (IP:PORT). */
+export async function startProxy(target: string, opts: { listen?: string } = {}): Promise<Proxy> {
   const [thost, tport] = target.split(":") as [string, string];
   let served = 0;
   const perBlob = new Map<string, number>();
@@ -497,8 +497,9 @@ export async function startProxy(target: string): Promise<Proxy> {
   const server = http.createServer((req, res) => {
     handle(req, res).catch(() => res.destroy());
   });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const [lhost, lport] = opts.listen ? (opts.listen.split(":") as [string, string]) : ["127.0.0.1", "0"];
+  await new Promise<void>((r) => server.listen(Number(lport), lhost, r));
+  const host = `${lhost}:${(server.address() as AddressInfo).port}`;
   return {
     host,
     bytesServed: () => served,
