@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
 SEEDS ?= 200
 STEPS ?= 3000
 
-.PHONY: all install system-deps demo demo-sim hosts test typecheck sim sim-bugs bench-raft bench-extract clean
+.PHONY: all install system-deps demo demo-sim hosts chaos test typecheck sim sim-bugs bench-raft bench-extract bench-start bench bench-full clean
 
 all: test
 
@@ -30,12 +30,18 @@ system-deps:
 demo: install system-deps
 	tsx deploy/local/demo.ts
 
-# N hosts in network namespaces, each with an agent and a containerd, one
+# HOSTS (default 3) hosts in network namespaces, each with an agent and a containerd, one
 # shared directory, a registry behind a bandwidth limit; up until Ctrl-C.
-HOSTS ?= 3
 RATE_MBIT ?= 100
 hosts: install system-deps
-	tsx deploy/local/cluster.ts --hosts $(HOSTS) --rate-mbit $(RATE_MBIT)
+	tsx deploy/local/cluster.ts --hosts $(or $(HOSTS),3) --rate-mbit $(RATE_MBIT)
+
+# Rounds of cooperative pulls on HOSTS namespaced hosts under seeded faults
+# (kills, partitions, registry and storage faults, membership changes).
+ROUNDS ?= 10
+SEED ?= 1
+chaos: install system-deps
+	tsx test/chaos/main.ts --rounds $(ROUNDS) --seed $(SEED) --hosts $(or $(HOSTS),5)
 
 # The Raft core alone: a simulated cluster through crashes, partitions,
 # membership changes and leadership transfers, narrated.
@@ -67,6 +73,22 @@ bench-raft: install
 # Extraction throughput beside GNU tar on the same 200+ MB Debian layer.
 bench-extract: install system-deps
 	tsx bench/extract.ts
+
+# Container start (ctr run --rm of a present eight-layer image) with wharf's
+# snapshotter beside containerd's own overlayfs, in the same containerd.
+bench-start: install system-deps
+	tsx bench/start.ts
+
+# The Wharf paper's pull experiments (§6.1) on hosts in network namespaces:
+# containerd pulling on each host, containerd with its root on the shared
+# store, and wharf, in the same run. Writes bench/results/*.json,
+# bench/plots/*.svg and bench/REPORT.md; the last line is JSON with the
+# headline ratios. `bench` is a quick subset (under 10 minutes).
+bench: install system-deps
+	tsx bench/paper.ts --quick
+
+bench-full: install system-deps
+	tsx bench/paper.ts --full
 
 clean:
 	rm -rf dist .tap coverage

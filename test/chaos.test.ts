@@ -1,0 +1,29 @@
+// A short run of the chaos suite (`make chaos` runs long ones), and proof
+// that each of its checks fails when the damage it looks for is planted.
+
+import t from "tap";
+import { PLANTS, runChaos } from "./chaos/run.js";
+
+const SEED = Number(process.env.CHAOS_SEED ?? 7);
+
+t.test(`two rounds of faults on four hosts (seed ${SEED}) lose nothing`, { timeout: 900_000 }, async (t) => {
+  const s = await runChaos({ rounds: 2, seed: SEED, hosts: 4, log: (l) => t.comment(l) });
+  t.same(s.failures, [], "no check failed");
+  t.equal(s.pullsFailedWrongly, 0);
+  t.equal(s.corruptLayers, 0);
+  t.equal(s.duplicateDownloads, 0);
+  t.equal(s.leakedTempDirs, 0);
+  t.equal(s.refMismatches, 0);
+  t.equal(s.divergedAgents, 0);
+  t.equal(s.linearizability, "ok");
+  t.ok(s.pulls >= 8 && s.pullsCompleted > 0, `${s.pullsCompleted} of ${s.pulls} pulls completed during the faults`);
+});
+
+t.test("every check catches its planted damage", { timeout: 600_000 }, async (t) => {
+  const s = await runChaos({ rounds: 1, seed: SEED, hosts: 3, plants: PLANTS, log: (l) => t.comment(l) });
+  t.ok(s.corruptLayers > 0, "a flipped file in a present layer");
+  t.ok(s.leakedTempDirs > 0, "a temp dir left behind");
+  t.equal(s.linearizability, "violated", "a stale read");
+  t.ok(s.refMismatches > 0, "an image released behind the suite's back");
+  t.ok(s.divergedAgents > 0, "an agent whose state differs");
+});

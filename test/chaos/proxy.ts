@@ -1,0 +1,23 @@
+// The registry proxy of the chaos suite, run as a child process inside the
+// registry's network namespace (where the registry's address is reachable):
+// `tsx test/chaos/proxy.ts TARGET LISTEN`. Driven over the IPC channel:
+//   {id, op: "fault", fault}      one-shot fault (see ProxyFault)
+//   {id, op: "stats", digests}    → {id, served, perBlob: {digest: bytes}}
+// and answers {id} when done. Prints "ready HOST" once it listens.
+
+import { type ProxyFault, startProxy } from "../helpers/registry.js";
+
+const [target, listen] = process.argv.slice(2) as [string, string];
+const proxy = await startProxy(target, { listen });
+type Msg = { id: number; op: "fault"; fault: ProxyFault } | { id: number; op: "stats"; digests: string[] };
+
+process.on("message", (m: Msg) => {
+  if (m.op === "fault") {
+    proxy.injectFault(m.fault);
+    process.send!({ id: m.id });
+  } else if (m.op === "stats") {
+    process.send!({ id: m.id, served: proxy.bytesServed(), perBlob: Object.fromEntries(m.digests.map((d) => [d, proxy.blobBytesServed(d)])) });
+  }
+});
+process.on("disconnect", () => void proxy.stop().then(() => process.exit(0)));
+process.stdout.write(`ready ${proxy.host}\n`);
