@@ -85,9 +85,11 @@ bench-start: install system-deps
 # bench/plots/*.svg and bench/REPORT.md; the last line is JSON with the
 # headline ratios. `bench` is a quick subset (under 10 minutes).
 bench: install system-deps
+	@test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time > /dev/null)
 	tsx bench/paper.ts --quick
 
 bench-full: install system-deps
+	@test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time > /dev/null)
 	tsx bench/paper.ts --full
 
 clean:

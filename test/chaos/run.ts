@@ -281,10 +281,14 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
 
       // The pulls, all at once.
       const pulls = H.hosts.map(async (h) => {
+        let timer: NodeJS.Timeout | undefined;
         const r = await Promise.race([
           H.wharf(h, ["pull", ref, "--json"]),
-          sleep(PULL_TIMEOUT_MS).then(() => ({ code: -1, stdout: "", stderr: "timed out" })),
+          new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+            timer = setTimeout(() => resolve({ code: -1, stdout: "", stderr: "timed out" }), PULL_TIMEOUT_MS);
+          }),
         ]);
+        clearTimeout(timer);
         return { h, ...r };
       });
 
