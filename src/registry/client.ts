@@ -231,7 +231,7 @@ export class RegistryClient {
     signal: AbortSignal | undefined,
   ): Promise<{ body: Buffer; digest: string; contentType: string | undefined }> {
     const what = expected ? `manifest ${expected} of ${name}` : `manifest of ${name}`;
-    return this.retrying(what, signal, async () => {
+    return this.againOnMismatch(what, () => this.retrying(what, signal, async () => {
       const res = await this.send(repo, `manifests/${target}`, { accept: MANIFEST_ACCEPT }, what, signal);
       if (res.status !== 200) throw await this.statusError(res, what);
       const body = await res.read(this.maxManifestBytes, () => new WharfError("INVALID_MANIFEST", `${what}: larger than ${this.maxManifestBytes} bytes`));
@@ -245,7 +245,22 @@ export class RegistryClient {
         throw new WharfError("DIGEST_MISMATCH", `${what}: the registry says its digest is ${header}, the content hashes to ${digest}`);
       }
       return { body, digest, contentType: res.header("content-type") };
-    });
+    }));
+  }
+
+  /**
+   * A body that does not hash to its digest was damaged on the way (a proxy,
+   * a cache) as often as it is wrong at the source: it is fetched once more
+   * before the mismatch is reported.
+   */
+  private async againOnMismatch<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!(e instanceof WharfError) || e.code !== "DIGEST_MISMATCH") throw e;
+      this.log.warn({ what, reason: e.message }, "content does not match its digest; fetching it once more");
+      return fn();
+    }
   }
 
   // ------------------------------------------------------------------ blobs
@@ -255,9 +270,11 @@ export class RegistryClient {
     const what = `blob ${desc.digest} of ${formatRepository(repo)}`;
     if (!Number.isSafeInteger(desc.size) || desc.size < 0) throw new WharfError("INVALID_ARGUMENT", `${what}: invalid size ${desc.size}`);
     if (desc.size > MAX_WHOLE_BLOB) throw new WharfError("INVALID_ARGUMENT", `${what}: ${desc.size} bytes is too large to hold in memory (limit ${MAX_WHOLE_BLOB}); stream it with openBlob`);
-    const parts: Buffer[] = [];
-    for await (const c of this.openBlob(repo, desc, opts)) parts.push(c as Buffer);
-    return Buffer.concat(parts);
+    return this.againOnMismatch(what, async () => {
+      const parts: Buffer[] = [];
+      for await (const c of this.openBlob(repo, desc, opts)) parts.push(c as Buffer);
+      return Buffer.concat(parts);
+    });
   }
 
   /**

@@ -189,3 +189,11 @@ t.test("fetchBlob holds small blobs only", async (t) => {
   const b = await client().fetchBlob(repo, desc);
   t.ok(b.equals(data));
 });
+
+t.test("a whole blob (a config) that arrives damaged once is fetched again; twice is a DIGEST_MISMATCH", async (t) => {
+  proxy.injectFault("wrong-body-next-blob");
+  t.ok((await client().fetchBlob(repo, desc)).equals(data), "the second fetch verifies");
+  proxy.injectFault("wrong-body-next-blob");
+  proxy.injectFault("wrong-body-next-blob");
+  await rejectsWith(t, client().fetchBlob(repo, desc), "DIGEST_MISMATCH", /content hashes to/, "damaged twice");
+});
