@@ -9,7 +9,7 @@
 // containerds can share the machine as long as container ids differ.
 
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 export interface ContainerdOptions {
@@ -30,7 +30,8 @@ export interface Containerd {
   readonly dir: string;
   readonly child: ChildProcess;
   readonly netns: string | undefined;
-  log: string;
+  /** The tail of its log (containerd.log in `dir`). */
+  readonly log: string;
   /** Runs `ctr` against this containerd (inside its namespace). */
   ctr(args: readonly string[], opts?: { timeoutMs?: number }): { status: number | null; stdout: string; stderr: string };
   /** SIGTERM, then SIGKILL after 5 s; resolves when the process is gone. */
@@ -94,7 +95,12 @@ export async function startContainerd(o: ContainerdOptions, signal?: AbortSignal
   const [cmd, args] = inNetns(o.netns, "containerd", ["--config", config]);
   // Its own process group (a Ctrl-C is for the caller, who stops it in
   // order); dies with the caller even on SIGKILL (setpriv --pdeathsig).
-  const child = spawn("setpriv", ["--pdeathsig", "SIGKILL", cmd, ...args], { stdio: ["ignore", "pipe", "pipe"], detached: true });
+  // Its output goes to a file, not a pipe: a caller blocked in spawnSync
+  // (ctr) reads no pipe, and containerd would block on a full one.
+  const logFile = join(o.dir, "containerd.log");
+  const out = openSync(logFile, "a");
+  const child = spawn("setpriv", ["--pdeathsig", "SIGKILL", cmd, ...args], { stdio: ["ignore", out, out], detached: true });
+  closeSync(out);
   const ctr: Containerd["ctr"] = (a, opts = {}) => {
     const [c, ca] = inNetns(o.netns, "ctr", ["--address", socket, ...a]);
     const r = spawnSync(c, ca, { encoding: "utf8", timeout: opts.timeoutMs ?? 60_000, killSignal: "SIGKILL" });
@@ -105,7 +111,9 @@ export async function startContainerd(o: ContainerdOptions, signal?: AbortSignal
     dir: o.dir,
     child,
     netns: o.netns,
-    log: "",
+    get log() {
+      return existsSync(logFile) ? readFileSync(logFile, "utf8").slice(-200_000) : "";
+    },
     ctr,
     stop: async () => {
       if (child.exitCode !== null || child.signalCode !== null) return;
@@ -116,11 +124,6 @@ export async function startContainerd(o: ContainerdOptions, signal?: AbortSignal
       clearTimeout(t);
     },
   };
-  const keep = (d: Buffer) => {
-    c.log = (c.log + d.toString()).slice(-200_000);
-  };
-  child.stdout!.on("data", keep);
-  child.stderr!.on("data", keep);
   const end = Date.now() + 30_000;
   while (Date.now() < end) {
     signal?.throwIfAborted();
