@@ -3,18 +3,21 @@
 // `tsx test/chaos/proxy.ts TARGET LISTEN`. Driven over the IPC channel:
 //   {id, op: "fault", fault}      one-shot fault (see ProxyFault)
 //   {id, op: "stats", digests}    → {id, served, perBlob: {digest: bytes}}
+//   {id, op: "clear"}             → {id, cleared}: drops faults not yet fired
 // and answers {id} when done. Prints "ready HOST" once it listens.
 
 import { type ProxyFault, startProxy } from "../helpers/registry.js";
 
 const [target, listen] = process.argv.slice(2) as [string, string];
 const proxy = await startProxy(target, { listen });
-type Msg = { id: number; op: "fault"; fault: ProxyFault } | { id: number; op: "stats"; digests: string[] };
+type Msg = { id: number; op: "fault"; fault: ProxyFault } | { id: number; op: "stats"; digests: string[] } | { id: number; op: "clear" };
 
 process.on("message", (m: Msg) => {
   if (m.op === "fault") {
     proxy.injectFault(m.fault);
     process.send!({ id: m.id });
+  } else if (m.op === "clear") {
+    process.send!({ id: m.id, cleared: proxy.clearFaults() });
   } else if (m.op === "stats") {
     process.send!({ id: m.id, served: proxy.bytesServed(), perBlob: Object.fromEntries(m.digests.map((d) => [d, proxy.blobBytesServed(d)])) });
   }

@@ -8,7 +8,8 @@
 //   - every pull completed, or failed with a clear error where a fault made
 //     that the right answer; a pull again after the faults always completes;
 //   - every layer present verifies, file by file; no temp dir is left;
-//   - registry bytes per blob ≤ size × (disruptions in the round + 1);
+//   - registry bytes per blob ≤ size × (masters it had + bodies the registry
+//     broke): no duplicate download without a failure;
 //   - image holders are what the agents actually hold, and every layer of a
 //     held image is present (GC deleted nothing referenced);
 //   - the key-value history clients recorded during the round is
@@ -42,6 +43,8 @@ export interface ChaosOptions {
   readonly hosts: number;
   readonly plants?: readonly Plant[];
   readonly log?: (line: string) => void;
+  /** Ends the run after the round in progress (the hosts are taken down). */
+  readonly signal?: AbortSignal;
 }
 
 export interface ChaosSummary {
@@ -153,6 +156,11 @@ class ProxyChild {
     return this.ask({ op: "fault", fault: f });
   }
 
+  /** Drops the faults that did not fire (so that none carries over into the next round). */
+  async clearFaults(): Promise<number> {
+    return (await this.ask({ op: "clear" })).cleared;
+  }
+
   async blobBytes(digests: readonly string[]): Promise<Record<string, number>> {
     return (await this.ask({ op: "stats", digests })).perBlob;
   }
@@ -208,7 +216,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
       rateMbit: RATE_MBIT,
       registryData: join(registry.dir, "data"),
       sharedTmpfsMb: 192,
-      agentArgs: (net) => ["--insecure-registry", `${net}.2:5001`, "--lease-ms", "1000", "--dead-voter-ms", "8000"],
+      agentArgs: (net) => ["--insecure-registry", `${net}.2:5001`, "--lease-ms", "1500", "--dead-voter-ms", "8000"],
     });
     const H = hosts;
     proxy = await ProxyChild.start(`${H.prefix}-reg`, H.registryHost, `${H.registryHost.split(":")[0]}:5001`);
@@ -228,7 +236,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
       log(`  FAIL ${what}`);
     };
 
-    for (let round = 1; round <= o.rounds; round++) {
+    for (let round = 1; round <= o.rounds && !o.signal?.aborted; round++) {
       sum.rounds = round;
       const failuresBefore = sum.failures.length;
       const img = rng.pick(images);
@@ -238,7 +246,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
       while (kinds.size < nFaults) kinds.add(rng.pick(FAULT_KINDS));
       // A host that was killed or left during the round: its pull may be cut short.
       const disrupted = new Set<string>();
-      let disruptions = 0;
+      let wrongBodies = 0;
       log(`round ${round}: ${img.repo} on ${H.hosts.length} hosts; faults: ${[...kinds].join(", ")}`);
 
       const blobs = img.pushed.layers.map((l) => l.digest);
@@ -279,6 +287,25 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
         })(),
       );
 
+      // Which masters each blob had (attempt numbers of its transfer), sampled
+      // while the round runs: a master killed, cut off or fenced out by a
+      // lost lease hands the rest to the next attempt, which resumes.
+      const attempts = new Map<string, Set<number>>();
+      let sampling = true;
+      const sampler = (async () => {
+        while (sampling) {
+          const h = rng.pick(H.hosts);
+          const ts = (await call(h, "GET", "/transfers?timeoutMs=500").catch(() => undefined))?.body as { blob: string; owner?: string; attempt: number }[] | undefined;
+          for (const t of Array.isArray(ts) ? ts : []) {
+            if (!t.owner) continue;
+            const set = attempts.get(t.blob) ?? new Set<number>();
+            set.add(t.attempt);
+            attempts.set(t.blob, set);
+          }
+          await sleep(100);
+        }
+      })();
+
       // The pulls, all at once.
       const pulls = H.hosts.map(async (h) => {
         let timer: NodeJS.Timeout | undefined;
@@ -307,14 +334,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
           if (disrupted.has(victim.name)) continue;
           log(`  kill -9 ${victim.name}${wanted === master && master ? " (a master)" : wanted === leader && leader ? " (the leader)" : ""}`);
           sum.kills++;
-          disruptions++;
           disrupted.add(victim.name);
           await H.killAgent(victim);
           const down = rng.int(300, 2500);
           restores.push(sleep(down).then(() => H.restartAgent(victim)));
         } else if (kind === "partition") {
           sum.partitions++;
-          disruptions += 2;
           const shape = rng.int(0, 2);
           const hs = H.hosts;
           if (shape === 0) {
@@ -344,14 +369,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
           const n = rng.int(1, 3);
           for (let i = 0; i < n; i++) {
             const f = rng.pick(REGISTRY_FAULTS);
+            if (f === "wrong-body-next-blob" || f === "reset-next-blob") wrongBodies++;
             log(`  registry fault: ${f}`);
             await P.fault(f);
           }
           sum.registryFaults += n;
-          disruptions += n;
         } else if (kind === "storage") {
           sum.storageFaults++;
-          disruptions++;
           const st = statfsSync(H.shared);
           const free = st.bavail * st.bsize;
           const filler = join(H.shared, "filler");
@@ -366,7 +390,6 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
           const victim = rng.pick(H.hosts.slice(1));
           if (disrupted.has(victim.name)) continue;
           sum.membershipChanges++;
-          disruptions++;
           disrupted.add(victim.name);
           log(`  ${victim.name} leaves, and joins again with a new identity`);
           await call(victim, "POST", "/leave?timeoutMs=5000").catch(() => undefined);
@@ -385,6 +408,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
       }
       const results = await Promise.all(pulls);
       await Promise.all(restores);
+      sampling = false;
+      await sampler;
+      const unfired = await P.clearFaults();
+      if (unfired > 0) log(`  ${unfired} registry faults did not fire`);
       H.heal();
       loading = false;
       await Promise.all(kv);
@@ -442,13 +469,18 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
         fail(round, `temp dirs left in the shared store: ${temps.join(", ")}`);
       }
 
-      // Registry bytes per blob within what the disruptions can explain.
+      // Registry bytes per blob: at most one download per master it had
+      // (each resumes where the last stopped, but bytes the proxy had sent
+      // and the master never received count again), plus one per body the
+      // registry got wrong (fetched again whole).
       const bytesAfter = await P.blobBytes(blobs);
       for (const l of img.pushed.layers) {
         const served = bytesAfter[l.digest]! - bytesBefore[l.digest]!;
-        if (served > l.size * (disruptions + 1)) {
+        const masters = Math.max(1, attempts.get(l.digest)?.size ?? 0);
+        const allowed = l.size * (masters + wrongBodies);
+        if (served > allowed) {
           sum.duplicateDownloads++;
-          fail(round, `blob ${l.digest.slice(7, 19)}: ${served} bytes served for ${l.size} with ${disruptions} disruptions`);
+          fail(round, `blob ${l.digest.slice(7, 19)}: ${served} bytes served for ${l.size} with ${masters} masters and ${wrongBodies} broken bodies`);
         }
       }
 
@@ -501,6 +533,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
         if (r.status === 200) holds.get(h.name)!.delete(img.repo);
       }
       const passed = sum.failures.length === failuresBefore;
+      if (!passed && process.env.CHAOS_LOGS) for (const h of H.hosts) writeFileSync(join(process.env.CHAOS_LOGS, `seed${o.seed}-round${round}-${h.name}.log`), h.agentLog);
       for (const k of kinds) if (passed) sum.faults[k].survived++;
       log(`  ${passed ? "ok" : "FAILED"}: ${results.filter((r) => r.code === 0).length}/${results.length} pulls at once, ${history.length} kv ops`);
     }

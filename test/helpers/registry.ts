@@ -362,6 +362,8 @@ export interface Proxy {
   setRate(bytesPerSec: number | undefined): void;
   /** A one-shot fault: the next blob GET (or, for 503-next, the next request) misbehaves. */
   injectFault(f: ProxyFault): void;
+  /** Drops the faults injected and not yet fired; returns how many there were. */
+  clearFaults(): number;
   /** Drops Range headers, like a registry that answers every range request with the whole blob (200). */
   setIgnoreRange(on: boolean): void;
   /** Answers blob GETs with a 307 to http://HOST/same/path?X-Signature=…, like a registry whose storage is elsewhere. */
@@ -510,6 +512,7 @@ export async function startProxy(target: string, opts: { listen?: string } = {})
     injectFault: (f) => {
       faults.push(f);
     },
+    clearFaults: () => faults.splice(0).length,
     setIgnoreRange: (on) => {
       ignoreRange = on;
     },
