@@ -18,6 +18,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { api, status, until } from "../../test/helpers/agents.js";
+import { registryConfig } from "../../test/helpers/registry.js";
 import { type Containerd, inNetns, startContainerd } from "./containerd.js";
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -233,23 +234,8 @@ export class LocalHosts {
     const dir = join(this.root, "registry");
     mkdirSync(dir);
     const config = join(dir, "config.yml");
-    writeFileSync(
-      config,
-      [
-        "version: 0.1",
-        "log:",
-        "  level: error",
-        "storage:",
-        "  filesystem:",
-        `    rootdirectory: ${this.opts.registryData ?? join(dir, "data")}`,
-        "  delete:",
-        "    enabled: true",
-        "http:",
-        `  addr: ${this.registryHost}`,
-        `  secret: ${randomBytes(16).toString("hex")}`,
-        "",
-      ].join("\n"),
-    );
+    // The access log (stdout) is what registryRequests() reads.
+    writeFileSync(config, registryConfig({ data: this.opts.registryData ?? join(dir, "data"), addr: this.registryHost, accessLog: true }));
     const p = spawnIn(ns, "docker-registry", ["serve", config]);
     const keep = (d: Buffer) => void (this.registryLog += d.toString());
     p.stdout!.on("data", keep);

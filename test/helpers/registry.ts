@@ -169,6 +169,28 @@ async function startTokenServer(dir: string, service: string, issuer: string, us
 
 // ------------------------------------------------------------------ registry
 
+/** A config.yml for Debian's docker-registry: filesystem storage, deletes on, uploads never purged. */
+export function registryConfig(o: { data: string; addr: string; accessLog: boolean }): string {
+  return [
+    "version: 0.1",
+    "log:",
+    "  level: error",
+    ...(o.accessLog ? [] : ["  accesslog:", "    disabled: true"]),
+    "storage:",
+    "  filesystem:",
+    `    rootdirectory: ${o.data}`,
+    "  delete:",
+    "    enabled: true",
+    "  maintenance:",
+    "    uploadpurging:",
+    "      enabled: false",
+    "http:",
+    `  addr: ${o.addr}`,
+    `  secret: ${randomBytes(16).toString("hex")}`,
+    "",
+  ].join("\n");
+}
+
 export async function startRegistry(opts: { auth?: RegistryAuth } = {}): Promise<RunningRegistry> {
   const dir = mkdtempSync(join(tmpdir(), "wharf-registry-"));
   let tokenServer: TokenServer | undefined;
@@ -194,28 +216,7 @@ export async function startRegistry(opts: { auth?: RegistryAuth } = {}): Promise
     for (let attempt = 0; ; attempt++) {
       const port = await freePort();
       const config = join(dir, "config.yml");
-      writeFileSync(
-        config,
-        [
-          "version: 0.1",
-          "log:",
-          "  level: error",
-          "  accesslog:",
-          "    disabled: true",
-          "storage:",
-          "  filesystem:",
-          `    rootdirectory: ${join(dir, "data")}`,
-          "  delete:",
-          "    enabled: true",
-          "  maintenance:",
-          "    uploadpurging:",
-          "      enabled: false",
-          "http:",
-          `  addr: 127.0.0.1:${port}`,
-          `  secret: ${randomBytes(16).toString("hex")}`,
-          "",
-        ].join("\n") + authYaml,
-      );
+      writeFileSync(config, registryConfig({ data: join(dir, "data"), addr: `127.0.0.1:${port}`, accessLog: false }) + authYaml);
       // setpriv --pdeathsig: the registry dies with this process even when it is
       // killed (a tap timeout), so no registry outlives its test.
       const proc = existsSync("/usr/bin/setpriv")
