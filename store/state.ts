@@ -125,6 +125,11 @@ export interface LayerRecord {
   readonly committedAt: number;
   /** The agent whose attempt committed it. */
   readonly by: string;
+  /**
+   * The transfer's attempt that committed it: every attempt before it was a
+   * master that died, was cut off, or lost its lease mid-transfer.
+   */
+  readonly attempt?: number | undefined;
   /** The agent removing it (state "deleting"), under its lease. */
   readonly deleter?: string | undefined;
 }
@@ -173,6 +178,7 @@ const layerRecord = z.object({
   state: z.enum(["present", "deleting"]),
   committedAt: z.number(),
   by: z.string(),
+  attempt: z.number().optional(),
   deleter: z.string().optional(),
 });
 const transferRecord = z.object({
@@ -243,7 +249,7 @@ export class ClusterState {
         if (!t || t.owner !== c.agent || t.attempt !== c.attempt) {
           return { ok: false, code: "BUSY", error: `attempt ${c.attempt} of ${c.agent} at ${c.diffID} is stale` };
         }
-        this.layers.set(c.diffID, { blob: t.source.blob, size: t.source.size, unpacked: c.unpacked, state: "present", committedAt: env.at, by: c.agent });
+        this.layers.set(c.diffID, { blob: t.source.blob, size: t.source.size, unpacked: c.unpacked, state: "present", committedAt: env.at, by: c.agent, attempt: c.attempt });
         this.transfers.delete(c.diffID);
         this.failures.delete(c.diffID);
         this.onLayer?.(c.diffID);

@@ -15,6 +15,7 @@ t.test(`two rounds of faults on four hosts (seed ${SEED}) lose nothing`, { timeo
   t.equal(s.leakedTempDirs, 0);
   t.equal(s.refMismatches, 0);
   t.equal(s.divergedAgents, 0);
+  t.equal(s.agentCrashes, 0);
   t.equal(s.linearizability, "ok");
   t.ok(s.pulls >= 8 && s.pullsCompleted > 0, `${s.pullsCompleted} of ${s.pulls} pulls completed during the faults`);
 });

@@ -167,6 +167,7 @@ function layersOf(agent: Agent): object[] {
     unpacked: l.unpacked,
     state: l.state,
     committedAt: l.committedAt,
+    attempt: l.attempt,
     images: [...st.images].filter(([, i]) => i.layers.includes(diffID)).map(([r]) => r),
     // "AGENT HOLDER" (an image reference, or "snapshot:<name>" of a containerd snapshot).
     holders: [...st.refs].filter(([, ls]) => ls.includes(diffID)).map(([k]) => k),

@@ -44,5 +44,5 @@ if (s.failures.length > 0) {
 process.stdout.write(`\n${s.rounds} rounds in ${((Date.now() - started) / 1000).toFixed(0)} s\n`);
 const { faults: _f, failures: _x, ...json } = s;
 process.stdout.write(`${JSON.stringify(json)}\n`);
-const bad = s.pullsFailedWrongly + s.corruptLayers + s.duplicateDownloads + s.leakedTempDirs + s.refMismatches + s.divergedAgents;
+const bad = s.pullsFailedWrongly + s.corruptLayers + s.duplicateDownloads + s.leakedTempDirs + s.refMismatches + s.divergedAgents + s.agentCrashes;
 process.exit(bad === 0 && s.linearizability === "ok" ? 0 : 1);

@@ -66,6 +66,8 @@ export interface ChaosSummary {
   leakedTempDirs: number;
   refMismatches: number;
   divergedAgents: number;
+  /** Agents that exited without being killed or asked to leave. */
+  agentCrashes: number;
   linearizability: "ok" | "violated" | "unknown";
   /** Per fault kind: rounds it was injected in, and those whose checks all passed. */
   faults: Record<FaultKind, { injected: number; survived: number }>;
@@ -200,6 +202,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
     leakedTempDirs: 0,
     refMismatches: 0,
     divergedAgents: 0,
+    agentCrashes: 0,
     linearizability: "ok",
     faults: Object.fromEntries(FAULT_KINDS.map((k) => [k, { injected: 0, survived: 0 }])) as ChaosSummary["faults"],
     failures: [],
@@ -286,25 +289,6 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
           }
         })(),
       );
-
-      // Which masters each blob had (attempt numbers of its transfer), sampled
-      // while the round runs: a master killed, cut off or fenced out by a
-      // lost lease hands the rest to the next attempt, which resumes.
-      const attempts = new Map<string, Set<number>>();
-      let sampling = true;
-      const sampler = (async () => {
-        while (sampling) {
-          const h = rng.pick(H.hosts);
-          const ts = (await call(h, "GET", "/transfers?timeoutMs=500").catch(() => undefined))?.body as { blob: string; owner?: string; attempt: number }[] | undefined;
-          for (const t of Array.isArray(ts) ? ts : []) {
-            if (!t.owner) continue;
-            const set = attempts.get(t.blob) ?? new Set<number>();
-            set.add(t.attempt);
-            attempts.set(t.blob, set);
-          }
-          await sleep(100);
-        }
-      })();
 
       // The pulls, all at once.
       const pulls = H.hosts.map(async (h) => {
@@ -408,129 +392,141 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
       }
       const results = await Promise.all(pulls);
       await Promise.all(restores);
-      sampling = false;
-      await sampler;
       const unfired = await P.clearFaults();
       if (unfired > 0) log(`  ${unfired} registry faults did not fire`);
       H.heal();
       loading = false;
       await Promise.all(kv);
 
-      // Calm: every agent answers, one leader, the same applied index.
-      await calm(H).catch((e: Error) => {
-        fail(round, `the cluster did not calm down: ${e.message}`);
-        if (process.env.CHAOS_LOGS) for (const h of H.hosts) writeFileSync(join(process.env.CHAOS_LOGS, `round${round}-${h.name}.log`), h.agentLog);
-      });
-
-      // Pulls: completed; cut short by a kill or a leave; or failed, rightly
-      // only where a fault could have made it fail. Then once more, calm.
-      const faultsCanFail = kinds.has("partition") || kinds.has("registry") || kinds.has("storage");
-      for (const r of results) {
-        sum.pulls++;
-        if (r.code === 0) {
-          sum.pullsCompleted++;
-          holds.get(r.h.name)!.add(img.repo);
-        } else if (disrupted.has(r.h.name)) {
-          sum.pullsInterrupted++;
-        } else if (faultsCanFail && /^wharf: \S/.test(r.stderr.trim()) && !/INTERNAL|TypeError|ReferenceError|at .*\.ts:\d+/.test(r.stderr)) {
-          sum.pullsFailedRightly++;
-          log(`  ${r.h.name}: failed rightly: ${r.stderr.trim().split("\n")[0]}`);
-        } else {
-          sum.pullsFailedWrongly++;
-          fail(round, `${r.h.name}: pull failed: ${r.stderr.trim() || `exit ${r.code}`}`);
-        }
+      // An agent that died by itself is a failure of its own (and its log is kept).
+      for (const h of H.hosts) {
+        if (h.agent.exitCode === null && h.agent.signalCode === null) continue;
+        sum.agentCrashes++;
+        fail(round, `${h.name}'s agent exited by itself (${h.agent.exitCode ?? h.agent.signalCode}): ${lastError(h.agentLog)}`);
+        if (process.env.CHAOS_LOGS) writeFileSync(join(process.env.CHAOS_LOGS, `seed${o.seed}-round${round}-${h.name}-crash.log`), h.agentLog);
+        await H.restartAgent(h).catch(() => {});
       }
-      for (const r of results) {
-        if (r.code === 0) continue;
-        const again = await H.wharf(r.h, ["pull", ref, "--json"]);
-        if (again.code === 0) holds.get(r.h.name)!.add(img.repo);
-        else {
-          sum.pullsFailedWrongly++;
-          fail(round, `${r.h.name}: the pull after the faults failed: ${again.stderr.trim()}`);
-        }
-      }
+      try {
+        // Calm: every agent answers, one leader, the same applied index.
+        await calm(H).catch((e: Error) => {
+          fail(round, `the cluster did not calm down: ${e.message}`);
+          if (process.env.CHAOS_LOGS) for (const h of H.hosts) writeFileSync(join(process.env.CHAOS_LOGS, `round${round}-${h.name}.log`), h.agentLog);
+        });
 
-      if (o.plants?.length) await plant(o.plants, H, images, history);
-
-      // Layers: each present one verifies; no temp dirs.
-      const layers = (await call(H.hosts[0]!, "GET", "/layers")).body as { diffID: string; state: string }[];
-      for (const l of layers.filter((x) => x.state === "present")) {
-        const files = images.map((i) => i.files.get(l.diffID)).find(Boolean);
-        const dir = join(H.shared, "layers", "sha256", l.diffID.slice(7));
-        const bad = !files ? ["not a layer of the suite's images"] : verifyLayer(dir, files);
-        if (bad.length > 0) {
-          sum.corruptLayers++;
-          fail(round, `layer ${l.diffID.slice(7, 19)} is corrupt: ${bad.slice(0, 3).join("; ")}`);
-        }
-      }
-      const temps = readdirSync(join(H.shared, "tmp"));
-      if (temps.length > 0) {
-        sum.leakedTempDirs += temps.length;
-        fail(round, `temp dirs left in the shared store: ${temps.join(", ")}`);
-      }
-
-      // Registry bytes per blob: at most one download per master it had
-      // (each resumes where the last stopped, but bytes the proxy had sent
-      // and the master never received count again), plus one per body the
-      // registry got wrong (fetched again whole).
-      const bytesAfter = await P.blobBytes(blobs);
-      for (const l of img.pushed.layers) {
-        const served = bytesAfter[l.digest]! - bytesBefore[l.digest]!;
-        const masters = Math.max(1, attempts.get(l.digest)?.size ?? 0);
-        const allowed = l.size * (masters + wrongBodies);
-        if (served > allowed) {
-          sum.duplicateDownloads++;
-          fail(round, `blob ${l.digest.slice(7, 19)}: ${served} bytes served for ${l.size} with ${masters} masters and ${wrongBodies} broken bodies`);
-        }
-      }
-
-      // Holders are what the agents hold; a held image's layers are all there.
-      const imgs = (await call(H.hosts[0]!, "GET", "/images")).body as { reference: string; holders: string[]; layers: string[] }[];
-      const present = new Set(layers.filter((x) => x.state === "present").map((x) => x.diffID));
-      for (const i of images) {
-        const reference = `${P.host}/${i.repo}:1`;
-        const want = H.hosts.filter((h) => holds.get(h.name)!.has(i.repo)).map((h) => ids.get(h.name)!).sort();
-        const rec = imgs.find((x) => x.reference === reference);
-        const have = [...(rec?.holders ?? [])].sort();
-        if (want.join() !== have.join()) {
-          sum.refMismatches++;
-          fail(round, `${i.repo}: holders ${JSON.stringify(have)}, agents hold ${JSON.stringify(want)}`);
-        }
-        if (rec && have.length > 0) {
-          const missing = rec.layers.filter((d) => !present.has(d) || !existsSync(join(H.shared, "layers", "sha256", d.slice(7))));
-          if (missing.length > 0) {
-            sum.refMismatches++;
-            fail(round, `${i.repo} is held but layers are gone: ${missing.map((d) => d.slice(7, 19)).join(", ")}`);
+        // Pulls: completed; cut short by a kill or a leave; or failed, rightly
+        // only where a fault could have made it fail. Then once more, calm.
+        const faultsCanFail = kinds.has("partition") || kinds.has("registry") || kinds.has("storage");
+        for (const r of results) {
+          sum.pulls++;
+          if (r.code === 0) {
+            sum.pullsCompleted++;
+            holds.get(r.h.name)!.add(img.repo);
+          } else if (disrupted.has(r.h.name)) {
+            sum.pullsInterrupted++;
+          } else if (faultsCanFail && /^wharf: \S/.test(r.stderr.trim()) && !/INTERNAL|TypeError|ReferenceError|at .*\.ts:\d+/.test(r.stderr)) {
+            sum.pullsFailedRightly++;
+            log(`  ${r.h.name}: failed rightly: ${r.stderr.trim().split("\n")[0]}`);
+          } else {
+            sum.pullsFailedWrongly++;
+            fail(round, `${r.h.name}: pull failed: ${r.stderr.trim() || `exit ${r.code}`}`);
           }
         }
-      }
+        for (const r of results) {
+          if (r.code === 0) continue;
+          const again = await H.wharf(r.h, ["pull", ref, "--json"]);
+          if (again.code === 0) holds.get(r.h.name)!.add(img.repo);
+          else {
+            sum.pullsFailedWrongly++;
+            fail(round, `${r.h.name}: the pull after the faults failed: ${again.stderr.trim()}`);
+          }
+        }
 
-      // The key-value history is linearizable.
-      const lin = checkLinearizability(kvModel, history, { timeoutMs: 20_000 });
-      if (lin.result !== "ok") {
-        if (lin.result === "violated" || sum.linearizability === "ok") sum.linearizability = lin.result;
-        const show = (op: Operation<KvInput, KvOutput>) =>
-          `${servedBy.get(op) ?? "?"} ${JSON.stringify(op.input)}→${JSON.stringify(op.output)} [${op.call.toFixed(0)}, ${op.return.toFixed(0)}]`;
-        const ce = lin.counterexample;
-        const detail = ce ? ` after ${ce.longestLinearizedPrefix.slice(-2).map(show).join(", ")}; cannot place ${ce.notLinearized.slice(0, 2).map(show).join(", ")}` : "";
-        fail(round, `key-value history of ${history.length} operations: ${lin.result}${detail}`);
-      }
+        if (o.plants?.length) await plant(o.plants, H, images, history);
 
-      // Every agent holds the same state.
-      const states = await Promise.all(H.hosts.map((h) => call(h, "GET", "/state").then((r) => ({ h, ...(r.body as { applied: number; digest: string }) }))));
-      if (o.plants?.includes("diverge")) states[0]!.digest = "0".repeat(64);
-      const digests = new Set(states.map((s) => `${s.applied}/${s.digest}`));
-      if (digests.size !== 1) {
-        sum.divergedAgents += digests.size - 1;
-        fail(round, `agents disagree: ${states.map((s) => `${s.h.name}@${s.applied}:${s.digest.slice(0, 8)}`).join(" ")}`);
-      }
+        // Layers: each present one verifies; no temp dirs.
+        const layers = (await call(H.hosts[0]!, "GET", "/layers")).body as { diffID: string; state: string; attempt?: number }[];
+        for (const l of layers.filter((x) => x.state === "present")) {
+          const files = images.map((i) => i.files.get(l.diffID)).find(Boolean);
+          const dir = join(H.shared, "layers", "sha256", l.diffID.slice(7));
+          const bad = !files ? ["not a layer of the suite's images"] : verifyLayer(dir, files);
+          if (bad.length > 0) {
+            sum.corruptLayers++;
+            fail(round, `layer ${l.diffID.slice(7, 19)} is corrupt: ${bad.slice(0, 3).join("; ")}`);
+          }
+        }
+        const temps = readdirSync(join(H.shared, "tmp"));
+        if (temps.length > 0) {
+          sum.leakedTempDirs += temps.length;
+          fail(round, `temp dirs left in the shared store: ${temps.join(", ")}`);
+        }
 
-      // Reset for the next round: some or all hosts drop the image (GC may then delete its layers).
-      const droppers = rng.chance(0.7) ? H.hosts : H.hosts.filter(() => rng.chance(0.5));
-      for (const h of droppers) {
-        if (!holds.get(h.name)!.has(img.repo)) continue;
-        const r = await call(h, "POST", "/rmi?timeoutMs=10000", { ref });
-        if (r.status === 200) holds.get(h.name)!.delete(img.repo);
+        // Registry bytes per blob: at most one download per master it had
+        // (the attempt that committed it; every earlier one died, was cut off
+        // or lost its lease mid-transfer, and its successor resumed, though
+        // bytes the proxy had sent that never arrived count again), plus one
+        // per body the registry broke. Two masters at once, or a layer pulled
+        // again while present, would exceed it.
+        const bytesAfter = await P.blobBytes(blobs);
+        for (const l of img.pushed.layers) {
+          const served = bytesAfter[l.digest]! - bytesBefore[l.digest]!;
+          const masters = layers.find((x) => x.diffID === l.diffID)?.attempt ?? 1;
+          const allowed = l.size * (masters + wrongBodies);
+          if (served > allowed) {
+            sum.duplicateDownloads++;
+            fail(round, `blob ${l.digest.slice(7, 19)}: ${served} bytes served for ${l.size} with ${masters} masters and ${wrongBodies} broken bodies`);
+          }
+        }
+
+        // Holders are what the agents hold; a held image's layers are all there.
+        const imgs = (await call(H.hosts[0]!, "GET", "/images")).body as { reference: string; holders: string[]; layers: string[] }[];
+        const present = new Set(layers.filter((x) => x.state === "present").map((x) => x.diffID));
+        for (const i of images) {
+          const reference = `${P.host}/${i.repo}:1`;
+          const want = H.hosts.filter((h) => holds.get(h.name)!.has(i.repo)).map((h) => ids.get(h.name)!).sort();
+          const rec = imgs.find((x) => x.reference === reference);
+          const have = [...(rec?.holders ?? [])].sort();
+          if (want.join() !== have.join()) {
+            sum.refMismatches++;
+            fail(round, `${i.repo}: holders ${JSON.stringify(have)}, agents hold ${JSON.stringify(want)}`);
+          }
+          if (rec && have.length > 0) {
+            const missing = rec.layers.filter((d) => !present.has(d) || !existsSync(join(H.shared, "layers", "sha256", d.slice(7))));
+            if (missing.length > 0) {
+              sum.refMismatches++;
+              fail(round, `${i.repo} is held but layers are gone: ${missing.map((d) => d.slice(7, 19)).join(", ")}`);
+            }
+          }
+        }
+
+        // The key-value history is linearizable.
+        const lin = checkLinearizability(kvModel, history, { timeoutMs: 20_000 });
+        if (lin.result !== "ok") {
+          if (lin.result === "violated" || sum.linearizability === "ok") sum.linearizability = lin.result;
+          const show = (op: Operation<KvInput, KvOutput>) =>
+            `${servedBy.get(op) ?? "?"} ${JSON.stringify(op.input)}→${JSON.stringify(op.output)} [${op.call.toFixed(0)}, ${op.return.toFixed(0)}]`;
+          const ce = lin.counterexample;
+          const detail = ce ? ` after ${ce.longestLinearizedPrefix.slice(-2).map(show).join(", ")}; cannot place ${ce.notLinearized.slice(0, 2).map(show).join(", ")}` : "";
+          fail(round, `key-value history of ${history.length} operations: ${lin.result}${detail}`);
+        }
+
+        // Every agent holds the same state.
+        const states = await Promise.all(H.hosts.map((h) => call(h, "GET", "/state").then((r) => ({ h, ...(r.body as { applied: number; digest: string }) }))));
+        if (o.plants?.includes("diverge")) states[0]!.digest = "0".repeat(64);
+        const digests = new Set(states.map((s) => `${s.applied}/${s.digest}`));
+        if (digests.size !== 1) {
+          sum.divergedAgents += digests.size - 1;
+          fail(round, `agents disagree: ${states.map((s) => `${s.h.name}@${s.applied}:${s.digest.slice(0, 8)}`).join(" ")}`);
+        }
+
+        // Reset for the next round: some or all hosts drop the image (GC may then delete its layers).
+        const droppers = rng.chance(0.7) ? H.hosts : H.hosts.filter(() => rng.chance(0.5));
+        for (const h of droppers) {
+          if (!holds.get(h.name)!.has(img.repo)) continue;
+          const r = await call(h, "POST", "/rmi?timeoutMs=10000", { ref });
+          if (r.status === 200) holds.get(h.name)!.delete(img.repo);
+        }
+      } catch (e) {
+        fail(round, `the checks could not run: ${(e as Error).message}`);
       }
       const passed = sum.failures.length === failuresBefore;
       if (!passed && process.env.CHAOS_LOGS) for (const h of H.hosts) writeFileSync(join(process.env.CHAOS_LOGS, `seed${o.seed}-round${round}-${h.name}.log`), h.agentLog);
@@ -543,6 +539,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
     await registry.stop();
   }
   return sum;
+}
+
+/** The last error-level line of an agent's log (pino JSON), or its last line. */
+function lastError(log: string): string {
+  const lines = log.trim().split("\n");
+  const err = lines.reverse().find((l) => /"level":(50|60)/.test(l) || /^\S*Error/.test(l));
+  return (err ?? lines[0] ?? "").slice(0, 600);
 }
 
 /** Every agent answers, agrees on a leader, and has applied the same index (twice in a row). */
