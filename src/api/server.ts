@@ -169,8 +169,12 @@ function layersOf(agent: Agent): object[] {
     committedAt: l.committedAt,
     attempt: l.attempt,
     images: [...st.images].filter(([, i]) => i.layers.includes(diffID)).map(([r]) => r),
-    // "AGENT HOLDER" (an image reference, or "snapshot:<name>" of a containerd snapshot).
-    holders: [...st.refs].filter(([, ls]) => ls.includes(diffID)).map(([k]) => k),
+    // What pins it, as "AGENT HOLDER": the images agents hold (HOLDER is the
+    // reference) and containerd snapshots ("snapshot:<name>").
+    holders: [
+      ...[...st.images].filter(([, i]) => i.layers.includes(diffID)).flatMap(([r, i]) => i.holders.map((a) => `${a} ${r}`)),
+      ...[...st.refs].filter(([, ls]) => ls.includes(diffID)).map(([k]) => k),
+    ],
     path: agent.layers.layerPath(diffID),
   }));
 }
