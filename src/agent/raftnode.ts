@@ -120,11 +120,37 @@ export class RaftNode {
     return m ? done.then((r) => (m.observeProposal((performance.now() - t0) / 1000), r)) : done;
   }
 
-  /** Proposes a membership change; resolves once it is applied here. */
+  /**
+   * Proposes a membership change; resolves once the configuration applied
+   * here shows it. A proposal can be lost (a follower forwards it to a
+   * leader that dies, a new leader refuses it while a change is pending), so
+   * it is proposed again until it shows or `signal` aborts (TIMEOUT).
+   */
   async changeMembership(cc: ConfChange, signal?: AbortSignal): Promise<void> {
-    this.call(() => this.rn.proposeConfChange(cc));
-    const target = this.rn.raft.log.lastIndex();
-    await this.waitApplied(target, signal);
+    const done = (): boolean => {
+      const cs = this.status().confState;
+      if (cc.type === "addVoter") return cs.voters.includes(cc.node);
+      if (cc.type === "addLearner") return cs.learners.includes(cc.node) || cs.voters.includes(cc.node);
+      return !cs.voters.includes(cc.node) && !cs.learners.includes(cc.node);
+    };
+    const late = (): WharfError => new WharfError("TIMEOUT", `membership change ${cc.type} ${cc.node} not applied in time (no quorum?)`);
+    while (!done()) {
+      if (signal?.aborted) throw late();
+      try {
+        this.call(() => this.rn.proposeConfChange(cc));
+      } catch (e) {
+        // No leader yet, or a change still pending: try again shortly.
+        if (!(e instanceof WharfError) || (e.code !== "NO_LEADER" && e.code !== "BUSY")) throw e;
+      }
+      const round = AbortSignal.any([AbortSignal.timeout(30 * (this.opts.tickMs ?? 100)), ...(signal ? [signal] : [])]);
+      await this.waitApplied(this.rn.raft.log.lastIndex(), round).catch(() => {});
+      if (!done()) {
+        await new Promise<void>((resolve, reject) => {
+          const t = setTimeout(resolve, 2 * (this.opts.tickMs ?? 100));
+          signal?.addEventListener("abort", () => (clearTimeout(t), reject(late())), { once: true });
+        });
+      }
+    }
   }
 
   /** Resolves once a linearizable read of the local state is allowed. */

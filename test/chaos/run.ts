@@ -373,10 +373,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
         } else if (kind === "membership") {
           const victim = rng.pick(H.hosts.slice(1));
           if (disrupted.has(victim.name)) continue;
-          sum.membershipChanges++;
           disrupted.add(victim.name);
           log(`  ${victim.name} leaves, and joins again with a new identity`);
-          await call(victim, "POST", "/leave?timeoutMs=5000").catch(() => undefined);
+          const left = await call(victim, "POST", "/leave?timeoutMs=8000").catch((e: Error) => ({ status: 0, body: { error: e.message } }));
+          if (left.status !== 200) {
+            // Refused in time (no quorum during another fault): it stays a member.
+            log(`  ${victim.name} could not leave: ${JSON.stringify(left.body).slice(0, 200)}`);
+            continue;
+          }
+          sum.membershipChanges++;
           await new Promise<void>((r) => (victim.agent.exitCode !== null ? r() : victim.agent.once("exit", () => r())));
           holds.set(victim.name, new Set());
           restores.push(
