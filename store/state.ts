@@ -212,6 +212,12 @@ export class ClusterState {
   leases = new Map<string, number>();
   /** diffID → the error its last master gave up with. */
   failures = new Map<string, LayerFailure>();
+  /**
+   * Agents removed from the cluster. A command of theirs still in flight when
+   * they were removed (a hold, a claim) is refused when it applies: nothing
+   * may pin a layer or own a transfer for an agent that is gone.
+   */
+  departed = new Set<string>();
   applied = 0;
   /** Called with the diffID of every layer an applied command touched (local wake-ups). */
   onLayer: ((diffID: string) => void) | undefined;
@@ -231,6 +237,10 @@ export class ClusterState {
   apply(index: number, env: Envelope): ApplyResult {
     this.applied = index;
     const c = env.cmd;
+    const actor = c.type === "image.hold" ? c.holder : "agent" in c ? c.agent : undefined;
+    if (actor !== undefined && this.departed.has(actor) && c.type !== "ref.release" && c.type !== "image.release") {
+      return { ok: false, code: "NOT_FOUND", error: `${actor} is no longer a member of the cluster` };
+    }
     switch (c.type) {
       case "member":
         this.members.set(c.id, { addrs: c.addrs, since: this.members.get(c.id)?.since ?? env.at });
@@ -364,6 +374,7 @@ export class ClusterState {
    */
   removeMember(id: string): void {
     this.members.delete(id);
+    this.departed.add(id);
     this.leases.delete(id);
     for (const [d, t] of this.transfers) {
       const waiters = t.waiters.filter((w) => w !== id);
@@ -393,6 +404,7 @@ export class ClusterState {
         transfers: [...this.transfers],
         leases: [...this.leases],
         failures: [...this.failures],
+        departed: [...this.departed],
       }),
     );
   }
@@ -411,6 +423,7 @@ export class ClusterState {
         transfers: z.array(z.tuple([z.string(), transferRecord])).default([]),
         leases: z.array(z.tuple([z.string(), z.number()])).default([]),
         failures: z.array(z.tuple([z.string(), z.object({ code: z.string(), message: z.string(), at: z.number() })])).default([]),
+        departed: z.array(z.string()).default([]),
       })
       .parse(JSON.parse(new TextDecoder().decode(b)));
     s.applied = v.applied;
@@ -422,6 +435,7 @@ export class ClusterState {
     s.transfers = new Map(v.transfers);
     s.leases = new Map(v.leases);
     s.failures = new Map(v.failures);
+    s.departed = new Set(v.departed);
     return s;
   }
 }

@@ -324,6 +324,8 @@ export class RaftNode {
       if (e.type === "conf") {
         const cc = JSON.parse(dec.decode(e.data)) as ConfChange;
         if (cc.type === "removeNode") this.state.removeMember(cc.node);
+        // Admitted again (the same identity rejoining): its commands count again.
+        else this.state.departed.delete(cc.node);
       }
       this.state.applied = e.index;
     }

@@ -119,6 +119,20 @@ t.test("removing a member releases its holds and its transfers", async (t) => {
   t.equal(l.s.referenced(D(2)), undefined, "nothing pins b's layer any more");
 });
 
+t.test("a hold that applies after its agent was removed is refused; an agent admitted again counts again", async (t) => {
+  const l = new Log();
+  l.claim(1, "a", D(1));
+  l.apply(2, { type: "layer.commit", diffID: D(1), agent: "a", attempt: 1, unpacked: 1 });
+  l.s.removeMember("b");
+  const hold: Command = { type: "image.hold", ref: "r/y:1", holder: "b", manifestDigest: D(50), configDigest: D(51), platform: { os: "linux", architecture: "amd64" }, layers: [D(1)] };
+  t.match(l.apply(3, hold), { ok: false, code: "NOT_FOUND" }, "b's late hold");
+  t.match(l.apply(4, { type: "ref.hold", agent: "b", holder: "snapshot:9", layers: [D(1)] }), { ok: false });
+  t.equal(l.s.referenced(D(1)), undefined, "nothing pins the layer for b");
+  t.same(ClusterState.decode(l.s.encode()).departed, new Set(["b"]), "snapshots keep who departed");
+  l.s.departed.delete("b");
+  t.match(l.apply(5, hold), { ok: true }, "after b is admitted again");
+});
+
 t.test("deterministic: replaying the log, or a snapshot of it, gives the same state", async (t) => {
   const l = new Log();
   for (let i = 0; i < 200; i++) {
