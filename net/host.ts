@@ -11,7 +11,7 @@ import { gossipsub } from "@libp2p/gossipsub";
 import { identify } from "@libp2p/identify";
 import type { PrivateKey, Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
-import { preSharedKey } from "@libp2p/pnet";
+import { privateNetwork } from "./pnet.js";
 import { tcp } from "@libp2p/tcp";
 import { lpStream } from "@libp2p/utils";
 import { multiaddr } from "@multiformats/multiaddr";
@@ -139,7 +139,7 @@ export class Host {
       transports: [tcp()],
       connectionEncrypters: [noise()],
       streamMuxers: [yamux()],
-      connectionProtector: preSharedKey({ psk: swarmKey(o.secret) }),
+      connectionProtector: privateNetwork(swarmKey(o.secret)),
       services: {
         identify: identify(),
         // Hints only (transfer progress, "layer committed"): never the truth,
