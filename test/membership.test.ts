@@ -64,9 +64,24 @@ t.test("five agents, three voters", async (t) => {
   t.ok(replaced.members.filter((m: any) => m.role === "voter").every((m: any) => m.alive), "three live voters again");
   t.equal(replaced.members.length, 4, "the dead agent is no longer a member");
 
+  // The removed agent comes back: nobody sends it anything any more, so after
+  // a while without a leader it asks to be admitted again, and is.
+  const back = cluster.restart(leader);
+  all[all.indexOf(leader)] = back;
+  const readmitted = await until(
+    "the removed agent admitted again",
+    async () => {
+      const st = await status(back);
+      return st.leader !== "" && st.members.some((m: any) => m.id === s.leader) ? st : undefined;
+    },
+    60_000,
+  );
+  t.equal(readmitted.members.length, 5, "a member again, with its own identity");
+
   await t.test("an agent leaves cleanly", async (t) => {
     const st = await status(voterProc);
-    const learner = st.members.find((m: any) => m.role === "learner");
+    const before = st.members.length;
+    const learner = st.members.find((m: any) => m.role === "learner" && m.id !== s.leader);
     t.ok(learner, "a learner is left");
     const proc = await whoLeads(rest, learner.id);
     const exited = new Promise<number | null>((r) => proc.child.once("exit", r));
@@ -74,7 +89,7 @@ t.test("five agents, three voters", async (t) => {
     t.equal(await exited, 0, "the agent stops after leaving");
     const after = await until("the member gone", async () => {
       const x = await status(voterProc);
-      return x.members.length === 3 ? x : undefined;
+      return x.members.length === before - 1 ? x : undefined;
     });
     t.notOk(after.members.some((m: any) => m.id === learner.id));
     t.equal((await api(voterProc, "POST", "/kv", { key: "after-leave", value: "1" })).status, 200, "the cluster still commits");

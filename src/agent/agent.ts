@@ -51,6 +51,9 @@ export interface AgentOptions {
   readonly snapshotterSocket?: string;
 }
 
+/** Ticks without a leader (20 election timeouts) before an agent asks to be admitted again. */
+const REJOIN_AFTER_TICKS = 200;
+
 /** Gossip topic of download progress hints (never decides anything). */
 const PROGRESS_TOPIC = "wharf/progress/1";
 const progressHintSchema = z.object({
@@ -71,6 +74,9 @@ function safeJson(b: Uint8Array): unknown {
 
 export class Agent {
   private upkeep: NodeJS.Timeout | undefined;
+  /** When this agent last knew a leader; long without one, it asks to be admitted again. */
+  private leaderSeenAt = Date.now();
+  private rejoining: Promise<void> | undefined;
   private stopMetrics: (() => Promise<void>) | undefined;
   private readonly startedAt = Date.now();
   /** Aborted when the agent stops: every long operation of the agent listens to it. */
@@ -272,6 +278,13 @@ export class Agent {
   private async maintain(): Promise<void> {
     this.refreshPeers();
     const st = this.node.status();
+    if (st.lead !== NONE) this.leaderSeenAt = Date.now();
+    else if (!this.rejoining && Date.now() - this.leaderSeenAt > REJOIN_AFTER_TICKS * (this.opts.tickMs ?? 100)) {
+      this.rejoining = this.askToRejoin().finally(() => {
+        this.rejoining = undefined;
+        this.leaderSeenAt = Date.now();
+      });
+    }
     if (st.role !== "leader") return;
     const signal = AbortSignal.timeout(5000);
     try {
@@ -298,6 +311,27 @@ export class Agent {
       }
     } catch (e) {
       if (!(e instanceof WharfError)) this.opts.log.warn({ err: (e as Error).message }, "membership upkeep failed");
+    }
+  }
+
+  /**
+   * An agent removed while it was away (a dead voter replaced, a partition
+   * outlived) never hears from a leader again: nobody sends it anything. It
+   * asks the members it knows to admit it again, as a join does; a member
+   * that still counts it answers at once with no change. Errors only mean
+   * that this peer could not help (down, or in a minority too).
+   */
+  private async askToRejoin(): Promise<void> {
+    for (const [id, m] of this.node.state.members) {
+      if (id === this.id) continue;
+      for (const addr of m.addrs) {
+        if (this.life.signal.aborted) return;
+        const res = await this.host.join(addr, this.clusterId || undefined, AbortSignal.any([this.life.signal, AbortSignal.timeout(3000)])).catch(() => undefined);
+        if (res?.ok) {
+          this.opts.log.warn({ peer: id }, "no leader for long: asked to be admitted to the cluster again");
+          return;
+        }
+      }
     }
   }
 

@@ -19,7 +19,11 @@ process.on("message", (m: Msg) => {
   } else if (m.op === "clear") {
     process.send!({ id: m.id, cleared: proxy.clearFaults() });
   } else if (m.op === "stats") {
-    process.send!({ id: m.id, served: proxy.bytesServed(), perBlob: Object.fromEntries(m.digests.map((d) => [d, proxy.blobBytesServed(d)])) });
+    const gets = proxy.requests().filter((r) => r.method === "GET");
+    const requests = Object.fromEntries(
+      m.digests.map((d) => [d, gets.filter((r) => r.url.includes(d)).map((r) => ({ client: r.client, range: r.range, status: r.status, sent: r.sent ?? 0 }))]),
+    );
+    process.send!({ id: m.id, served: proxy.bytesServed(), perBlob: Object.fromEntries(m.digests.map((d) => [d, proxy.blobBytesServed(d)])), requests });
   }
 });
 process.on("disconnect", () => void proxy.stop().then(() => process.exit(0)));

@@ -167,9 +167,28 @@ class ProxyChild {
     return (await this.ask({ op: "stats", digests })).perBlob;
   }
 
+  /** Every GET of each blob so far, in order. */
+  async blobRequests(digests: readonly string[]): Promise<Record<string, BlobGet[]>> {
+    return (await this.ask({ op: "stats", digests })).requests;
+  }
+
   stop(): void {
     this.child.kill("SIGKILL");
   }
+}
+
+interface BlobGet {
+  client: string;
+  range?: string;
+  status?: number;
+  /** Body bytes the proxy sent. */
+  sent: number;
+}
+
+/** A GET that ended before the proxy sent all it asked for: its master was cut off mid-transfer. */
+function interrupted(g: BlobGet, size: number): boolean {
+  const from = Number(/^bytes=(\d+)-/.exec(g.range ?? "")?.[1] ?? 0);
+  return g.sent < size - (g.status === 206 ? from : 0);
 }
 
 interface Api {
@@ -254,6 +273,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
 
       const blobs = img.pushed.layers.map((l) => l.digest);
       const bytesBefore = await P.blobBytes(blobs);
+      const getsBefore = await P.blobRequests(blobs);
 
       // Key-value clients record a history for the linearizability checker.
       const history: Operation<KvInput, KvOutput>[] = [];
@@ -466,23 +486,28 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
         }
 
         // Registry bytes per blob: at most one download per master it had
-        // (the attempt that committed it; every earlier one died, was cut off
-        // or lost its lease mid-transfer, and its successor resumed, though
-        // bytes the proxy had sent that never arrived count again), plus one
-        // per body the registry broke. Two masters at once, or a layer pulled
-        // again while present, would exceed it.
-        const bytesAfter = await P.blobBytes(blobs);
-        for (const l of img.pushed.layers) {
-          const served = bytesAfter[l.digest]! - bytesBefore[l.digest]!;
-          const masters = layers.find((x) => x.diffID === l.diffID)?.attempt ?? 1;
-          const allowed = l.size * (masters + wrongBodies);
-          if (served > allowed) {
-            sum.duplicateDownloads++;
-            fail(round, `blob ${l.digest.slice(7, 19)}: ${served} bytes served for ${l.size} with ${masters} masters and ${wrongBodies} broken bodies`);
-          }
+      // plus one per body the registry broke. A master that died, was cut
+      // off or lost its lease mid-transfer shows as a GET that ended early
+      // (or as an attempt before the one that committed), and its successor
+      // resumed, though bytes the proxy had sent that never arrived count
+      // again. Two masters at once, or a layer pulled again while present,
+      // exceed it.
+      const bytesAfter = await P.blobBytes(blobs);
+      const getsAfter = await P.blobRequests(blobs);
+      for (const l of img.pushed.layers) {
+        const served = bytesAfter[l.digest]! - bytesBefore[l.digest]!;
+        const gets = (getsAfter[l.digest] ?? []).slice(getsBefore[l.digest]?.length ?? 0);
+        const cut = gets.filter((g) => interrupted(g, l.size)).length;
+        const attempt = layers.find((x) => x.diffID === l.diffID)?.attempt ?? 1;
+        const masters = Math.max(attempt, 1 + cut);
+        if (served > l.size * (masters + wrongBodies)) {
+          sum.duplicateDownloads++;
+          const show = gets.map((g) => `${g.client}${g.range ? ` ${g.range}` : ""} → ${g.status ?? "-"} ${g.sent} B`).join("; ");
+          fail(round, `blob ${l.digest.slice(7, 19)}: ${served} bytes served for ${l.size}, ${masters} masters, ${wrongBodies} broken bodies; its GETs: ${show}`);
         }
+      }
 
-        // Holders are what the agents hold; a held image's layers are all there.
+      // Holders are what the agents hold; a held image's layers are all there.
         const imgs = (await call(H.hosts[0]!, "GET", "/images")).body as { reference: string; holders: string[]; layers: string[] }[];
         const present = new Set(layers.filter((x) => x.state === "present").map((x) => x.diffID));
         for (const i of images) {
