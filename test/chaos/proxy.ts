@@ -21,7 +21,7 @@ process.on("message", (m: Msg) => {
   } else if (m.op === "stats") {
     const gets = proxy.requests().filter((r) => r.method === "GET");
     const requests = Object.fromEntries(
-      m.digests.map((d) => [d, gets.filter((r) => r.url.includes(d)).map((r) => ({ client: r.client, range: r.range, status: r.status, sent: r.sent ?? 0 }))]),
+      m.digests.map((d) => [d, gets.filter((r) => r.url.includes(d)).map((r) => ({ client: r.client, range: r.range, status: r.status, sent: r.sent ?? 0, start: r.start, end: r.end }))]),
     );
     process.send!({ id: m.id, served: proxy.bytesServed(), perBlob: Object.fromEntries(m.digests.map((d) => [d, proxy.blobBytesServed(d)])), requests });
   }

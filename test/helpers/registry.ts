@@ -350,6 +350,13 @@ export interface ProxiedRequest {
   range?: string;
   authorization: boolean;
   status?: number;
+  /** The client's address. */
+  client?: string;
+  /** Response body bytes sent so far. */
+  sent?: number;
+  /** When the request arrived and when its response closed (ms, performance.now()). */
+  start?: number;
+  end?: number;
 }
 
 export interface Proxy {
@@ -410,10 +417,13 @@ export async function startProxy(target: string, opts: { listen?: string } = {})
     const rec: ProxiedRequest = {
       method: req.method ?? "GET",
       url: req.url ?? "/",
+      client: req.socket.remoteAddress ?? "",
+      start: performance.now(),
       ...(req.headers.range ? { range: req.headers.range } : {}),
       authorization: req.headers.authorization !== undefined,
     };
     seen.push(rec);
+    res.once("close", () => (rec.end = performance.now()));
     if (takeFault((f) => f === "503-next")) {
       rec.status = 503;
       req.resume();
@@ -454,6 +464,7 @@ export async function startProxy(target: string, opts: { listen?: string } = {})
     const count = (n: number): void => {
       served += n;
       sent += n;
+      rec.sent = sent;
       if (blob && isBlobBody) perBlob.set(blob, (perBlob.get(blob) ?? 0) + n);
     };
     const send = async (b: Buffer): Promise<void> => {
