@@ -246,7 +246,8 @@ t.test("a member removed from the cluster releases its holds", async (t) => {
   let img = (await api(a1!, "GET", "/images")).body.find((i: any) => i.reference === ref);
   t.ok(img.holders.includes(id5), "a5 holds it");
   a5!.child.kill("SIGKILL");
-  img = (await api(a1!, "GET", "/images")).body.find((i: any) => i.reference === ref);
+  // a5 may have led: the read waits for the next leader.
+  img = (await api(a1!, "GET", "/images?timeoutMs=20000")).body.find((i: any) => i.reference === ref);
   t.ok(img.holders.includes(id5), "a dead agent keeps its holds (a restart must not lose them)");
   const r = await wharf(a1!, "remove-member", id5);
   t.equal(r.status, 0, r.stderr);

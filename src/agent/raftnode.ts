@@ -274,6 +274,19 @@ export class RaftNode {
       if (rd.softState.leader !== "") this.opts.metrics?.leaderChanged();
       this.lastLeader = rd.softState.leader;
       this.opts.log.info({ leader: rd.softState.leader, role: rd.softState.role, term: this.rn.raft.term }, "leader changed");
+      // A read that asked a leader which is gone never gets its answer: ask
+      // the new one (a read index is only ever served by a current leader).
+      if (rd.softState.leader !== "") {
+        for (const [ctx, r] of this.reads) {
+          if (r.index !== undefined) continue;
+          try {
+            this.rn.readIndex(ctx);
+          } catch {
+            // No leader to ask after all: the read's own deadline decides.
+          }
+        }
+        this.kick();
+      }
     }
     // A leader's appends go out while its own write is under way.
     for (const m of rd.messages) if (sendableBeforePersist(m)) this.opts.send(m);
