@@ -23,6 +23,8 @@ export interface RunResult {
   storedBytes: number;
   cpuSeconds: number;
   cpu: { agents: number; containerd: number; clients: number };
+  /** Seconds the benchmark's own timers fired late by more than 1.5 s during the run (stopped or starved): a suspect run. */
+  stalledSeconds?: number;
   /**
    * wharf only (seconds from the start): the manifest resolved (mean over
    * hosts), and every layer renamed into the shared store (polled every
@@ -238,8 +240,9 @@ function experimentSection(e: ExperimentResult): string[] {
     for (const c of CONFIG_NAMES) {
       const s = p.configs[c];
       if (!s) continue;
+      const stall = s.runs.reduce((a, r) => a + (r.stalledSeconds ?? 0), 0);
       L.push(
-        `| ${p.x} | ${c} | ${s2(s.meanSeconds)} | ${s2(s.p99Seconds)} | ${s2(p.idealSeconds)} | ${mb(s.registryBytes)} | ${p.image.layerBytes > 0 ? (s.registryLayerBytes / p.image.layerBytes).toFixed(3) : "–"} | ${mb(s.sharedBytes)} | ${mb(s.storedBytes)} | ${s.cpuSeconds.toFixed(1)} |`,
+        `| ${p.x} | ${c}${stall > 0 ? ` (stalled ${stall.toFixed(0)} s)` : ""} | ${s2(s.meanSeconds)} | ${s2(s.p99Seconds)} | ${s2(p.idealSeconds)} | ${mb(s.registryBytes)} | ${p.image.layerBytes > 0 ? (s.registryLayerBytes / p.image.layerBytes).toFixed(3) : "–"} | ${mb(s.sharedBytes)} | ${mb(s.storedBytes)} | ${s.cpuSeconds.toFixed(1)} |`,
       );
     }
     if (p.error) L.push(`| ${p.x} | **failed** | ${esc(p.error.split("\n")[0]!.slice(0, 300)).replace(/\|/g, "\\|")} | | | | | | | |`);

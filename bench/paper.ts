@@ -439,6 +439,14 @@ async function runConfig(bed: Bed, config: ConfigName, img: BuiltImage, ref: str
         if (missing.size === 0 && layersPresent === 0) layersPresent = (performance.now() - t0) / 1000;
       }, 50)
     : undefined;
+  // A stalled benchmark (stopped, or starved of CPU for seconds) shows as a late timer.
+  let stalled = 0;
+  let tick = performance.now();
+  const watchdog = setInterval(() => {
+    const now = performance.now();
+    if (now - tick > 1500) stalled += (now - tick - 250) / 1000;
+    tick = now;
+  }, 250);
   const exits = await Promise.all(
     hosts.map(async (h, i) => {
       const e =
@@ -453,6 +461,7 @@ async function runConfig(bed: Bed, config: ConfigName, img: BuiltImage, ref: str
   );
   const cpuAfter = daemonPids.map(cpuOf);
   clearInterval(poll);
+  clearInterval(watchdog);
   for (const [i, e] of exits.entries()) {
     if (e.code !== 0) throw new Error(`${config} on ${hosts[i]!.name}: pull of ${ref} failed (${e.code}): ${e.stderr.trim().slice(-2000)}`);
   }
@@ -484,6 +493,7 @@ async function runConfig(bed: Bed, config: ConfigName, img: BuiltImage, ref: str
     storedBytes: Math.max(0, (await du(storeDirs)) - storedBefore),
     cpuSeconds: round(daemonCpu + clientCpu, 2),
     cpu: { agents: round(agentsCpu, 2), containerd: round(daemonCpu - agentsCpu, 2), clients: round(clientCpu, 2) },
+    stalledSeconds: round(stalled, 1),
     ...(config === "wharf"
       ? {
           phases: {
@@ -644,7 +654,8 @@ async function main(): Promise<void> {
                   console.log(
                     `  ${describe(p)} ${config.padEnd(24)} mean ${mean.toFixed(2).padStart(7)} s  max ${Math.max(...r.hostSeconds).toFixed(2).padStart(7)} s  ` +
                       `registry ${(r.registryBytes / MB).toFixed(1).padStart(7)} MB  shared +${(r.sharedBytes / MB).toFixed(1)} MB  cpu ${r.cpuSeconds.toFixed(1)} s` +
-                      (r.phases ? `  (resolved ${r.phases.resolved.toFixed(2)} s, layers present ${r.phases.layersPresent.toFixed(2)} s)` : ""),
+                      (r.phases ? `  (resolved ${r.phases.resolved.toFixed(2)} s, layers present ${r.phases.layersPresent.toFixed(2)} s)` : "") +
+                      ((r.stalledSeconds ?? 0) > 0 ? `  STALLED ${r.stalledSeconds} s` : ""),
                   );
                 } finally {
                   await cleanup(bed, config, ref);
