@@ -32,13 +32,17 @@
 // stores, and CPU seconds of the processes doing the work (containerd, ctr,
 // the agents; /proc/PID/stat and /usr/bin/time).
 //
-// Writes bench/results/<experiment>.json, bench/results/summary.json,
+// Writes bench/results/<experiment>-<quick|full>.json, bench/results/summary.json,
 // bench/plots/*.svg and bench/REPORT.md (with every result file present, so
 // that a quick run keeps the tables of an earlier full run). The last line
 // printed is JSON: registryBytesRatio, speedupVsLocal, hosts, limitRatio,
 // smallImageOverhead.
 //
-//   tsx bench/paper.ts --quick | --full [--only EXP,EXP] [--reps N]
+//   tsx bench/paper.ts --quick | --full [--only EXP,EXP] [--reps N] [--agent-args "FLAGS"]
+//
+// --only runs some experiments (hosts, small, debian, layers, layer-size,
+// files, bandwidth, workers); --reps repeats each point (medians reported);
+// --agent-args gives every agent extra flags (e.g. "--lease-ms 10000").
 
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
@@ -112,14 +116,14 @@ function plan(full: boolean, reps: number): ExperimentSpec[] {
     {
       name: "small",
       title: "Small image on one host",
-      paper: "§6.1.2 (5 MB layers)",
+      paper: "§6.1.2, its smallest layers",
       dimension: "hosts",
       points: [pt(1, { hosts: 1, image: syn(10, 0.5 * MB), reps: Math.max(5, reps), configs: [...MAIN, "wharf-cli"] })],
     },
     {
       name: "debian",
       title: "Realistic image (Debian packages)",
-      paper: "§6.2 (a real image)",
+      paper: "§6.1 with a real image",
       dimension: "hosts",
       points: (full ? [1, 3, 10] : [1, 10]).map((n) => pt(n, { hosts: n, image: { kind: "debian" } })),
     },
@@ -275,9 +279,9 @@ class Bed {
     this.rateMbit = lh.opts.rateMbit ?? 100;
   }
 
-  static async up(n: number, rateMbit: number, workers: number): Promise<Bed> {
+  static async up(n: number, rateMbit: number, workers: number, extraAgentArgs: readonly string[]): Promise<Bed> {
     const t0 = performance.now();
-    const lh = await LocalHosts.up({ n, rateMbit, containerd: true, agentArgs: ["--pull-workers", String(workers)] });
+    const lh = await LocalHosts.up({ n, rateMbit, containerd: true, agentArgs: ["--pull-workers", String(workers), ...extraAgentArgs] });
     const bed = new Bed(lh, workers);
     try {
       for (const h of lh.hosts) {
@@ -571,9 +575,11 @@ let workDir: string | undefined;
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   const full = argv.includes("--full");
-  if (!full && !argv.includes("--quick")) throw new Error("usage: tsx bench/paper.ts --quick | --full [--only EXP,EXP] [--reps N]");
+  if (!full && !argv.includes("--quick")) throw new Error('usage: tsx bench/paper.ts --quick | --full [--only EXP,EXP] [--reps N] [--agent-args "FLAGS"]');
   const repsArg = argv.indexOf("--reps");
   const reps = repsArg >= 0 ? Number(argv[repsArg + 1]) : 1;
+  const agentArg = argv.indexOf("--agent-args");
+  const agentArgs = agentArg >= 0 ? argv[agentArg + 1]!.split(/\s+/).filter(Boolean) : [];
   const onlyArg = argv.indexOf("--only");
   const only = onlyArg >= 0 ? new Set(argv[onlyArg + 1]!.split(",")) : undefined;
   const experiments = plan(full, reps).filter((e) => !only || only.has(e.name));
@@ -602,6 +608,7 @@ async function main(): Promise<void> {
         started,
         finished: new Date().toISOString(),
         machine: { cores: cpus().length, load: round(loadavg()[0]!, 1) },
+        ...(agentArgs.length ? { agentArgs } : {}),
         points: e.points.filter((p) => measured.has(pointKey(p))).map((p) => ({ ...measured.get(pointKey(p))!, x: p.x })),
       }))
       .filter((e) => e.points.length > 0);
@@ -609,7 +616,7 @@ async function main(): Promise<void> {
   const save = (): void => {
     for (const r of assemble()) {
       const e = experiments.find((x) => x.name === r.name)!;
-      if (r.points.length === e.points.length) writeFileSync(join(RESULTS, `${r.name}.json`), `${JSON.stringify(r, null, 1)}\n`);
+      if (r.points.length === e.points.length) writeFileSync(join(RESULTS, `${r.name}-${mode}.json`), `${JSON.stringify(r, null, 1)}\n`);
     }
   };
 
@@ -619,7 +626,7 @@ async function main(): Promise<void> {
       const first = points[0]![1];
       let bed: Bed;
       try {
-        bed = await Bed.up(first.hosts, first.rateMbit, first.workers);
+        bed = await Bed.up(first.hosts, first.rateMbit, first.workers, agentArgs);
       } catch (e) {
         console.log(`\n== ${first.hosts} hosts: the test bed did not come up: ${(e as Error).message.slice(0, 2000)}`);
         for (const [pk, p] of points) measured.set(pk, failedPoint(p, undefined, new Map(), e));
