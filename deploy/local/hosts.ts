@@ -13,7 +13,7 @@
 
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -73,9 +73,9 @@ function sh(cmd: string, args: readonly string[]): string {
  * (setpriv --pdeathsig), in a process group of its own: a Ctrl-C reaches
  * only this process, which takes the hosts down in order.
  */
-function spawnIn(netns: string, cmd: string, args: readonly string[]): ChildProcess {
+function spawnIn(netns: string, cmd: string, args: readonly string[], out: "pipe" | number = "pipe"): ChildProcess {
   const [c, a] = inNetns(netns, cmd, args);
-  return spawn("setpriv", ["--pdeathsig", "SIGKILL", c, ...a], { cwd: REPO, stdio: ["ignore", "pipe", "pipe"], detached: true });
+  return spawn("setpriv", ["--pdeathsig", "SIGKILL", c, ...a], { cwd: REPO, stdio: ["ignore", out, out], detached: true });
 }
 
 function exited(p: ChildProcess): boolean {
@@ -112,7 +112,11 @@ export class LocalHosts {
   readonly hosts: LocalHost[] = [];
   readonly registryHost: string;
   private registry: ChildProcess | undefined;
-  private registryLog = "";
+  /** The registry's log, and where the requests since the last push start in it. */
+  private get registryLogFile(): string {
+    return join(this.root, "registry", "registry.log");
+  }
+  private registryLogFrom = 0;
   private readonly namespaces: string[] = [];
   private routeAdded = false;
   private tmpfs = false;
@@ -234,15 +238,16 @@ export class LocalHosts {
     const dir = join(this.root, "registry");
     mkdirSync(dir);
     const config = join(dir, "config.yml");
-    // The access log (stdout) is what registryRequests() reads.
+    // The access log (stdout) is what registryRequests() reads. It goes to a
+    // file, not a pipe: a caller blocked in spawnSync (push) reads no pipe,
+    // and the registry would block on a full one.
     writeFileSync(config, registryConfig({ data: this.opts.registryData ?? join(dir, "data"), addr: this.registryHost, accessLog: true }));
-    const p = spawnIn(ns, "docker-registry", ["serve", config]);
-    const keep = (d: Buffer) => void (this.registryLog += d.toString());
-    p.stdout!.on("data", keep);
-    p.stderr!.on("data", keep);
+    const out = openSync(this.registryLogFile, "a");
+    const p = spawnIn(ns, "docker-registry", ["serve", config], out);
+    closeSync(out);
     this.registry = p;
     await until("the registry", async () => {
-      if (exited(p)) throw new Error(`the registry exited:\n${this.registryLog}`);
+      if (exited(p)) throw new Error(`the registry exited:\n${readFileSync(this.registryLogFile, "utf8")}`);
       const [c, a] = inNetns(ns, "curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", `http://${this.registryHost}/v2/`]);
       return spawnSync(c, a, { encoding: "utf8" }).stdout === "200" ? true : undefined;
     });
@@ -307,7 +312,7 @@ export class LocalHosts {
   push(layout: string, tag: string, repo: string, repoTag: string): void {
     const [c, a] = inNetns(`${this.prefix}-reg`, "skopeo", ["copy", "--quiet", "--dest-tls-verify=false", `oci:${layout}:${tag}`, `docker://${this.registryHost}/${repo}:${repoTag}`]);
     sh(c, a);
-    this.registryLog = "";
+    this.registryLogFrom = statSync(this.registryLogFile).size;
   }
 
   /**
@@ -317,7 +322,8 @@ export class LocalHosts {
   registryRequests(): RegistryRequest[] {
     const out: RegistryRequest[] = [];
     const re = /^(\S+) \S+ \S+ \[[^\]]*\] "(\w+) (\S+) [^"]*" (\d{3}) (\d+|-)/;
-    for (const line of this.registryLog.split("\n")) {
+    const log = readFileSync(this.registryLogFile).subarray(this.registryLogFrom).toString();
+    for (const line of log.split("\n")) {
       const m = re.exec(line);
       if (m) out.push({ client: m[1]!, method: m[2]!, path: m[3]!, status: Number(m[4]), bytes: m[5] === "-" ? 0 : Number(m[5]) });
     }
