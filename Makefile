@@ -17,7 +17,7 @@ node_modules/.installed: package.json package-lock.json
 
 # The real container parts the agent and its tests use, from Debian (a fresh
 # machine has none of them; no service starts by itself).
-DEBIAN_PACKAGES := docker-registry skopeo umoci busybox-static attr zstd containerd runc iproute2 curl
+DEBIAN_PACKAGES := docker-registry skopeo umoci busybox-static attr zstd containerd runc iproute2 curl e2fsprogs
 system-deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p > /dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -13,7 +13,7 @@
 
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -24,6 +24,9 @@ import { type Containerd, inNetns, startContainerd } from "./containerd.js";
 const REPO = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const AGENT_PORT = 7000;
 const REGISTRY_PORT = 5000;
+/** The block layer's throttle (cgroup v1 blkio, root group), per device. */
+const THROTTLE_WRITE = "/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device";
+const THROTTLE_READ = "/sys/fs/cgroup/blkio/blkio.throttle.read_bps_device";
 
 export interface LocalHostsOptions {
   readonly n: number;
@@ -37,8 +40,13 @@ export interface LocalHostsOptions {
   readonly voters?: number;
   /** The registry's storage (a `data` dir another registry filled); default: a new, empty one. */
   readonly registryData?: string;
-  /** The shared store on a tmpfs of this many MiB (to fill it up); default: a plain directory. */
-  readonly sharedTmpfsMb?: number;
+  /**
+   * The shared store on a file system of its own of this many MiB, so that it
+   * can fill up (and, where the kernel's block throttling is there, be slowed
+   * down: `setStoreRate`): ext4 on a loop device backed by memory, or a
+   * tmpfs where loop devices are not available. Default: a plain directory.
+   */
+  readonly sharedFsMb?: number;
 }
 
 export interface LocalHost {
@@ -119,7 +127,9 @@ export class LocalHosts {
   private registryLogFrom = 0;
   private readonly namespaces: string[] = [];
   private routeAdded = false;
-  private tmpfs = false;
+  private sharedMounted = false;
+  /** The loop device under the shared store ("MAJ:MIN"), when it is one. */
+  private storeDevice: string | undefined;
   private readonly cuts: [LocalHost, LocalHost][] = [];
   readonly secretFile: string;
   readonly shared: string;
@@ -175,10 +185,7 @@ export class LocalHosts {
     const { n } = this.opts;
     writeFileSync(this.secretFile, randomBytes(24).toString("hex"));
     mkdirSync(this.shared);
-    if (this.opts.sharedTmpfsMb) {
-      sh("mount", ["-t", "tmpfs", "-o", `size=${this.opts.sharedTmpfsMb}m,mode=0755`, "wharf-shared", this.shared]);
-      this.tmpfs = true;
-    }
+    if (this.opts.sharedFsMb) this.mountShared(this.opts.sharedFsMb);
     sh("ip", ["route", "add", "unreachable", this.subnet]);
     this.routeAdded = true;
     const br = this.addNetns(`${this.prefix}-br`);
@@ -354,6 +361,47 @@ export class LocalHosts {
     sh("ip", ["netns", "exec", `${this.prefix}-reg`, "tc", "qdisc", "change", "dev", "eth0", "root", "tbf", "rate", `${mbit}mbit`, "burst", "64kb", "latency", "50ms"]);
   }
 
+  /**
+   * The shared store's own file system: ext4 (no reserved blocks) on a loop
+   * device whose backing file is in /dev/shm, so the disk under it is memory
+   * and only the throttle makes it slow; a tmpfs where that is not possible.
+   */
+  private mountShared(mb: number): void {
+    const image = join("/dev/shm", `${this.prefix}-shared.img`);
+    try {
+      writeFileSync(image, "");
+      truncateSync(image, mb << 20);
+      sh("mkfs.ext4", ["-q", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0", image]);
+      // A loop mount clears its device when unmounted (even lazily).
+      sh("mount", ["-o", "loop", image, this.shared]);
+      this.sharedMounted = true;
+      const dev = spawnSync("findmnt", ["-rn", "-o", "MAJ:MIN", this.shared], { encoding: "utf8" }).stdout.trim();
+      if (/^\d+:\d+$/.test(dev) && existsSync(THROTTLE_WRITE)) this.storeDevice = dev;
+    } catch {
+      // No loop devices here: a tmpfs fills up just as well (it cannot be slowed).
+      if (this.sharedMounted) spawnSync("umount", ["-l", this.shared]);
+      sh("mount", ["-t", "tmpfs", "-o", `size=${mb}m,mode=0755`, "wharf-shared", this.shared]);
+      this.sharedMounted = true;
+    } finally {
+      rmSync(image, { force: true });
+    }
+  }
+
+  /** Whether `setStoreRate` can slow the shared store down. */
+  get storeThrottle(): boolean {
+    return this.storeDevice !== undefined;
+  }
+
+  /**
+   * Limits reads and writes that reach the shared store's device to this many
+   * bytes per second (0: no limit), through the block layer's throttle: a
+   * slow store, as an overloaded network file system is, fsyncs included.
+   */
+  setStoreRate(bytesPerSecond: number): void {
+    if (!this.storeDevice) throw new Error("the shared store cannot be slowed down here (no throttled loop device)");
+    for (const f of [THROTTLE_WRITE, THROTTLE_READ]) writeFileSync(f, `${this.storeDevice} ${bytesPerSecond}`);
+  }
+
   /** Stops everything, unmounts what is left, deletes the namespaces, the route and the files. */
   async down(): Promise<void> {
     await Promise.all(
@@ -370,7 +418,8 @@ export class LocalHosts {
     // Container rootfs mounts that a stopped containerd left behind.
     const mounts = spawnSync("findmnt", ["-rn", "-o", "TARGET"], { encoding: "utf8" }).stdout.split("\n").filter((m) => m.startsWith(this.root));
     for (const m of mounts.reverse()) spawnSync("umount", ["-l", m]);
-    if (this.tmpfs) spawnSync("umount", ["-l", this.shared]);
+    if (this.storeDevice) this.setStoreRate(0);
+    if (this.sharedMounted) spawnSync("umount", ["-l", this.shared]);
     for (const ns of this.namespaces.reverse()) spawnSync("ip", ["netns", "del", ns]);
     if (this.routeAdded) spawnSync("ip", ["route", "del", "unreachable", this.subnet]);
     rmSync(this.root, { recursive: true, force: true });

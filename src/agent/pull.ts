@@ -354,12 +354,15 @@ export class Puller {
       for (let tries = 1; ; tries++) {
         const tmp = await store.tempDir("extract");
         const before = fetched;
+        // Stops this try's registry request the moment it fails: the transfer
+        // is given up below, and a new master must not overlap with us.
+        const attemptAbort = new AbortController();
         try {
           let last = 0;
           const repo = parseReference(source.repository);
           const blob = this.o.registry.openBlob(repo, { digest: source.blob, size: source.size }, {
             partialFile: store.partialPath(source.blob),
-            signal: fenced,
+            signal: AbortSignal.any([fenced, attemptAbort.signal]),
             onProgress: (p) => {
               fetched = before + p.fromNetwork;
               this.checkFence(diffID);
@@ -376,6 +379,7 @@ export class Puller {
           await store.commitLayer(tmp, diffID);
           break;
         } catch (e) {
+          attemptAbort.abort(e);
           await store.discard(tmp);
           if (e instanceof StaleAttempt || (signal.aborted && signal.reason instanceof StaleAttempt)) throw signal.reason ?? e;
           const code = errorCodeOf(e);

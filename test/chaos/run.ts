@@ -3,7 +3,7 @@
 // SIGKILLs (of the master of a transfer, the leader, anyone) and restarts,
 // partitions (one host isolated, one way, a 2/3 split), a collapsing
 // registry link, registry faults through a proxy (resets, truncated and
-// wrong bodies, 5xx, stalls), a full shared store, members leaving and
+// wrong bodies, 5xx, stalls), a full or a slow shared store, members leaving and
 // joining again. After each round, once the cluster is calm, it checks:
 //   - every pull completed, or failed with a clear error where a fault made
 //     that the right answer; a pull again after the faults always completes;
@@ -245,7 +245,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
       containerd: false,
       rateMbit: RATE_MBIT,
       registryData: join(registry.dir, "data"),
-      sharedTmpfsMb: 192,
+      sharedFsMb: 192,
       agentArgs: (net) => ["--insecure-registry", `${net}.2:5001`, "--lease-ms", "1500", "--dead-voter-ms", "8000"],
     });
     const H = hosts;
@@ -386,16 +386,23 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
           sum.registryFaults += n;
         } else if (kind === "storage") {
           sum.storageFaults++;
-          const st = statfsSync(H.shared);
-          const free = st.bavail * st.bsize;
-          const filler = join(H.shared, "filler");
-          log(`  shared store full (${(free / 1e6).toFixed(0)} MB taken)`);
-          try {
-            writeFileSync(filler, Buffer.alloc(Math.max(0, free - (16 << 10))));
-          } catch {
-            // Full already: the point.
+          if (H.storeThrottle && rng.int(0, 1) === 1) {
+            const rate = rng.int(256, 2048) << 10;
+            log(`  shared store slow (${rate >> 10} KiB/s, fsyncs included)`);
+            H.setStoreRate(rate);
+            restores.push(sleep(rng.int(1000, 4000)).then(() => H.setStoreRate(0)));
+          } else {
+            const st = statfsSync(H.shared);
+            const free = st.bavail * st.bsize;
+            const filler = join(H.shared, "filler");
+            log(`  shared store full (${(free / 1e6).toFixed(0)} MB taken)`);
+            try {
+              writeFileSync(filler, Buffer.alloc(Math.max(0, free - (16 << 10))));
+            } catch {
+              // Full already: the point.
+            }
+            restores.push(sleep(rng.int(500, 2500)).then(() => unlinkSync(filler)));
           }
-          restores.push(sleep(rng.int(500, 2500)).then(() => unlinkSync(filler)));
         } else if (kind === "membership") {
           const victim = rng.pick(H.hosts.slice(1));
           if (disrupted.has(victim.name)) continue;
