@@ -16,6 +16,7 @@ import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import t from "tap";
 import { type LocalHost, LocalHosts } from "../deploy/local/hosts.js";
+import { chainIDs } from "../src/containerd/register.js";
 import { until } from "./helpers/agents.js";
 import { CriImages } from "./helpers/cri.js";
 import { ImageBuilder, busyboxBase } from "./helpers/images.js";
@@ -127,10 +128,28 @@ t.test("three hosts with containerd run one shared copy of an image", { timeout:
       const want = known.has(l.digest) ? { n: 0, bytes: 0 } : { n: 1, bytes: l.size };
       t.same(gets.get(l.digest), want, `layer ${i} of app/plain: ${want.n === 0 ? "present already" : "served once"}`);
     }
+    // Every host's snapshot of every layer pins it, under the layer's chain id.
+    const chain = chainIDs(m2.diffIDs);
+    const held = new Map(((await hosts.api(h1, "GET", "/layers")).body as { diffID: string; holders: string[] }[]).map((l) => [l.diffID, l.holders]));
     for (const h of hosts.hosts) {
+      const id = (await hosts.api(h, "GET", "/status")).body.id as string;
+      t.ok(m2.diffIDs.every((d, i) => held.get(d)?.includes(`${id} snapshot:${chain[i]}`)), `${h.name}'s snapshots pin every layer`);
       const out = ctr(h, "plain", ["run", "--rm", "--snapshotter", "wharf", ref2, `plain-${h.name}-${hosts.prefix}`, "cat", "/plain1/file", "/plain3/file"]);
       t.equal(out, "plain layer 1\nplain layer 3\n", `${h.name} runs it at once`);
     }
+  });
+
+  await t.test("wharf pull --containerd into a snapshotter that is not wharf: a clear error, no pins left", async (t) => {
+    const img3 = buildImage(join(work, "odd"), "odd", 2);
+    t.teardown(() => img3.cleanup());
+    hosts.push(img3.layout, img3.tag, "app/odd", "1.0");
+    const m3 = layersOf(img3);
+    const o = await hosts.wharf(h1, ["pull", `${hosts.registryHost}/app/odd:1.0`, "--containerd", h1.containerd!.socket, "--snapshotter", "overlayfs"]);
+    t.not(o.code, 0, "the pull fails");
+    t.match(o.stderr, /did not take layer .* from the shared store: is it wharf\?/, o.stderr);
+    const ls = ((await hosts.api(h1, "GET", "/layers")).body as { diffID: string; holders: string[] }[]).filter((l) => m3.diffIDs.slice(1).includes(l.diffID));
+    t.equal(ls.length, 2, "its own layers are in the shared store");
+    for (const l of ls) t.notMatch(l.holders.join(), /snapshot:/, `layer ${l.diffID.slice(7, 19)}: no snapshot pins it`);
   });
 
   await t.test("an agent killed under running containers; GC on one host", async (t) => {

@@ -8,9 +8,12 @@ import { z } from "zod";
 import { Host, newIdentity } from "../../net/host.js";
 import { NONE, type Snapshot } from "../../raft/index.js";
 import { LogStore } from "../../store/logstore.js";
+import { ContainerdClient } from "../containerd/client.js";
+import { chainIDs, registerImage } from "../containerd/register.js";
 import { WharfError } from "../errors.js";
 import { LayerStore } from "../layers/store.js";
-import { type Platform, RegistryClient } from "../registry/client.js";
+import { type Platform, RegistryClient, type ResolvedImage } from "../registry/client.js";
+import { formatReference } from "../registry/reference.js";
 import { type SnapshotterServer, serveSnapshotter } from "../snapshotter/grpc.js";
 import { OverlaySnapshotter } from "../snapshotter/overlay.js";
 import { Mounts } from "./mounts.js";
@@ -85,7 +88,7 @@ export class Agent {
   readonly puller: Puller;
   readonly mounts: Mounts;
   readonly registry: RegistryClient;
-  private snapshotter: { sn: OverlaySnapshotter; server: SnapshotterServer } | undefined;
+  private snapshotter: { sn: OverlaySnapshotter; server: SnapshotterServer; remote: RemoteLayers } | undefined;
 
   private constructor(
     readonly opts: AgentOptions,
@@ -229,10 +232,37 @@ export class Agent {
       log: this.opts.log,
     });
     try {
-      this.snapshotter = { sn, server: await serveSnapshotter(sn, socket, this.opts.log) };
+      this.snapshotter = { sn, server: await serveSnapshotter(sn, socket, this.opts.log), remote };
     } catch (e) {
       await sn.close();
       throw e;
+    }
+  }
+
+  /**
+   * Registers an image this agent holds in a containerd (`wharf pull
+   * --containerd`). Where that containerd's snapshotter is this agent's, the
+   * snapshots are pinned at once first, so that containerd's Prepares, one
+   * layer after another, propose nothing.
+   */
+  async registerInContainerd(img: ResolvedImage, to: { socket: string; namespace: string; snapshotter: string }): Promise<void> {
+    const layers = img.layers.map((l) => ({ diffID: l.diffID, blob: l.digest, size: l.size, mediaType: l.mediaType }));
+    const own = this.snapshotter;
+    const pinned = own ? await own.remote.pin(chainIDs(layers.map((l) => l.diffID)), layers.map((l) => l.diffID)) : [];
+    const c = new ContainerdClient(to.socket, to.namespace);
+    try {
+      await registerImage(c, to.snapshotter, {
+        ...img,
+        repository: formatReference({ registry: img.repository.registry, repository: img.repository.repository }),
+        layers,
+      });
+    } catch (e) {
+      // Not this agent's snapshotter after all, or containerd failed: pins
+      // without a snapshot would hold their layers forever.
+      await own?.remote.unpin(pinned, (n) => own.sn.stat(n).then(() => true, () => false)).catch(() => {});
+      throw e;
+    } finally {
+      c.close();
     }
   }
 

@@ -237,6 +237,10 @@ export class Puller {
           throw e;
         }
         if (answer.kind === "master") {
+          // Master without a free worker here: the transfer was this agent's
+          // already (an idle worker of ours took it). It borrows one; master()
+          // gives every worker back.
+          if (!worker) this.free--;
           const outcome = await this.master(diffID, source, answer.attempt, (e) => emit(e));
           if (outcome) return outcome;
           continue;
@@ -313,7 +317,10 @@ export class Puller {
       // worker) both answered master: one download, the other watches it.
       this.releaseWorker();
       return running.done.then(
-        () => ({ outcome: "downloaded" as const, by: this.o.id, fetched: 0 }),
+        () => {
+          emit({ type: "layer", digest: source.blob, status: "done", done: source.size, total: source.size, by: this.o.id });
+          return { outcome: "downloaded" as const, by: this.o.id, fetched: 0 };
+        },
         () => undefined,
       );
     }

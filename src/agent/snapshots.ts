@@ -59,10 +59,44 @@ export class RemoteLayers {
     if (req.parent === "" ? name !== layer.diffID : name !== expected) {
       throw new WharfError("INVALID_ARGUMENT", `snapshot ${name} is not the chain id of layer ${layer.diffID} over ${req.parent || "nothing"}`);
     }
+    const answer = { name, dir: this.o.store.layerPath(layer.diffID), labels: { ...req.labels } };
+    // Pinned already (by `pin`, or an earlier Prepare): nothing to propose.
+    // Only this agent releases its own holds, and a held layer cannot be
+    // deleted, so what this agent's applied state shows here is still true.
+    if (this.held(name, layer.diffID)) return answer;
+    // Present a moment ago: the hold alone (refused if it went away since).
+    if (this.o.node.state.layers.get(layer.diffID)?.state === "present" && (await this.holdOnce(name, layer.diffID))) return answer;
     const source = { repository: layer.repository, blob: layer.blob, size: layer.size, mediaType: layer.mediaType };
     await this.o.puller.ensureLayer(layer.diffID, source, this.o.signal);
     await this.hold(name, layer.diffID);
-    return { name, dir: this.o.store.layerPath(layer.diffID), labels: { ...req.labels } };
+    return answer;
+  }
+
+  /**
+   * Pins, all at once, the snapshots `wharf pull --containerd` is about to
+   * prepare one after another (the image is held, so its layers are
+   * present): each Prepare then finds its hold in place and proposes
+   * nothing. Returns the names it pinned, for `unpin` if registering fails.
+   */
+  async pin(names: readonly string[], diffIDs: readonly string[]): Promise<string[]> {
+    const todo = names.map((n, i) => [n, diffIDs[i]!] as const).filter(([n, d]) => !this.held(n, d));
+    const ok = await Promise.all(todo.map(([n, d]) => this.holdOnce(n, d)));
+    return todo.filter((_, i) => ok[i]).map(([n]) => n);
+  }
+
+  /** Releases the pins of `pin` whose snapshot was never made (`exists` says which were). */
+  async unpin(names: readonly string[], exists: (name: string) => Promise<boolean>): Promise<void> {
+    for (const n of names) if (!(await exists(n))) await this.removed(n);
+  }
+
+  private held(name: string, diffID: string): boolean {
+    return this.o.node.state.refs.get(`${this.o.id} snapshot:${name}`)?.includes(diffID) ?? false;
+  }
+
+  private async holdOnce(name: string, diffID: string): Promise<boolean> {
+    const r = await this.o.node.propose({ type: "ref.hold", agent: this.o.id, holder: `snapshot:${name}`, layers: [diffID] }, AbortSignal.timeout(15_000));
+    if (!r.ok) this.o.log.info({ snapshot: name, why: r.error }, "layer went away before the snapshot held it");
+    return r.ok;
   }
 
   /** The snapshotter forgot an external snapshot: this host no longer pins its layer. */
@@ -74,11 +108,7 @@ export class RemoteLayers {
   private async hold(name: string, diffID: string): Promise<void> {
     // The layer was present a moment ago; a deletion in between makes the
     // hold fail, and the layer is made present again.
-    for (let i = 0; i < 5; i++) {
-      const r = await this.o.node.propose({ type: "ref.hold", agent: this.o.id, holder: `snapshot:${name}`, layers: [diffID] }, AbortSignal.timeout(15_000));
-      if (r.ok) return;
-      this.o.log.info({ snapshot: name, why: r.error }, "layer went away before the snapshot held it; pulling again");
-    }
+    for (let i = 0; i < 5; i++) if (await this.holdOnce(name, diffID)) return;
     throw new WharfError("BUSY", `could not pin layer ${diffID} for snapshot ${name}`);
   }
 

@@ -7,8 +7,6 @@ import { type IncomingMessage, type ServerResponse, createServer } from "node:ht
 import { z } from "zod";
 import type { Agent } from "../agent/agent.js";
 import { WharfError, errorCodeOf } from "../errors.js";
-import { ContainerdClient } from "../containerd/client.js";
-import { registerImage } from "../containerd/register.js";
 import { type ResolvedImage, parsePlatform } from "../registry/client.js";
 import { formatReference, parseReference } from "../registry/reference.js";
 
@@ -118,22 +116,7 @@ async function pull(agent: Agent, req: IncomingMessage, res: ServerResponse): Pr
       signal: gone.signal,
       onEvent: (e) => line({ event: e }),
       ...(platform ? { platform: parsePlatform(platform) } : {}),
-      ...(containerd
-        ? {
-            then: async (img: ResolvedImage) => {
-              const c = new ContainerdClient(containerd.socket, containerd.namespace);
-              try {
-                await registerImage(c, containerd.snapshotter, {
-                  ...img,
-                  repository: formatReference({ registry: img.repository.registry, repository: img.repository.repository }),
-                  layers: img.layers.map((l) => ({ diffID: l.diffID, blob: l.digest, size: l.size, mediaType: l.mediaType })),
-                });
-              } finally {
-                c.close();
-              }
-            },
-          }
-        : {}),
+      ...(containerd ? { then: (img: ResolvedImage) => agent.registerInContainerd(img, containerd) } : {}),
     });
     line({ result });
   } catch (e) {

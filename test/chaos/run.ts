@@ -276,6 +276,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
       while (kinds.size < nFaults) kinds.add(rng.pick(FAULT_KINDS));
       // A host that was killed or left during the round: its pull may be cut short.
       const disrupted = new Set<string>();
+      // Hosts that left the cluster (and joined again as a new member) during the round.
+      const rejoined = new Set<string>();
       log(`round ${round}: ${img.repo} on ${H.hosts.length} hosts; faults: ${[...kinds].join(", ")}`);
 
       const blobs = img.pushed.layers.map((l) => l.digest);
@@ -415,6 +417,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
             continue;
           }
           sum.membershipChanges++;
+          rejoined.add(victim.name);
           await new Promise<void>((r) => (victim.agent.exitCode !== null ? r() : victim.agent.once("exit", () => r())));
           holds.set(victim.name, new Set());
           restores.push(
@@ -456,7 +459,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
           sum.pulls++;
           if (r.code === 0) {
             sum.pullsCompleted++;
-            holds.get(r.h.name)!.add(img.repo);
+            // A host that left during the round held it under the identity it left with.
+            if (!rejoined.has(r.h.name)) holds.get(r.h.name)!.add(img.repo);
           } else if (disrupted.has(r.h.name)) {
             sum.pullsInterrupted++;
           } else if (faultsCanFail && /^wharf: \S/.test(r.stderr.trim()) && !/INTERNAL|TypeError|ReferenceError|at .*\.ts:\d+/.test(r.stderr)) {
