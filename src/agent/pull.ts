@@ -161,6 +161,12 @@ export class Puller {
       outcomes = await Promise.all(
         img.layers.map(async (l, i) => {
           const source = { repository, blob: l.digest, size: l.size, mediaType: l.mediaType };
+          // Present as far as this agent knows: no claim, the hold below checks it.
+          const known = round === 1 ? this.o.node.state.layers.get(l.diffID) : undefined;
+          if (known?.state === "present") {
+            emit({ type: "layer", digest: l.digest, status: "present", total: l.size, by: known.by });
+            return { outcome: "present" as const, by: known.by, fetched: 0 };
+          }
           try {
             const r = await this.layer(l.diffID, source, signal, emit);
             registryBytes += r.fetched;
