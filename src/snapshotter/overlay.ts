@@ -8,8 +8,12 @@
 //   m/seq                 → the last data directory id handed out
 //
 // Data directories follow containerd's order: built under a temporary name,
-// renamed into place, then recorded; deleted only after the record is gone.
-// A crash in between leaves an unreferenced directory that cleanup() frees.
+// renamed into place, then recorded. Removal is containerd's async_remove:
+// remove() forgets the record (without an fsync: a removal a power cut
+// undoes is removed again by containerd's next garbage collection), and
+// cleanup(), which containerd calls after collecting, makes the removals
+// durable and frees every unreferenced directory, crashed builds included.
+// A container start never waits behind the removal of the last one.
 //
 // External snapshots: a committed snapshot whose `fs` is a directory of the
 // shared store, recorded when `resolveRemote` claims a Prepare (containerd's
@@ -454,25 +458,21 @@ export class OverlaySnapshotter implements Snapshotter {
       }
       const ops: Op[] = [{ type: "del", key: snapKey(key) }];
       if (r.parent !== "") ops.push({ type: "del", key: childKey(r.parent, key) });
-      await this.db.batch(ops, { sync: true });
+      await this.db.batch(ops, { sync: false });
       this.removals += 1;
       this.chains.delete(key);
       this.activeUsage.delete(key);
       this.committedUsage.delete(key);
       return r;
     });
-    // After the record is gone: a failure here leaves an orphan for cleanup().
+    // Its data directory, now unreferenced, is cleanup()'s.
     if (r.external !== undefined) {
       try {
         await this.opts.onRemoveExternal?.(key);
       } catch (e) {
         this.log.warn({ name: key, err: e }, "onRemoveExternal failed");
       }
-      return;
     }
-    await rm(join(this.snapshotsDir(), r.id), { recursive: true, force: true }).catch((e: unknown) =>
-      this.log.warn({ key, id: r.id, err: e }, "removing snapshot data failed; cleanup will retry"),
-    );
   }
 
   async update(info: Pick<Info, "name" | "labels">, fieldpaths: readonly string[] = []): Promise<Info> {
@@ -539,6 +539,8 @@ export class OverlaySnapshotter implements Snapshotter {
   async cleanup(): Promise<void> {
     await this.lock.run(async () => {
       this.checkOpen();
+      // Removals durable before their data goes.
+      await this.db.batch([{ type: "put", key: SEQ, value: String(this.seq) }], { sync: true });
       const used = new Set<string>();
       for await (const v of this.db.values({ gte: SNAP, lt: "s0" })) {
         const r = JSON.parse(v) as SnapshotRecord;

@@ -136,7 +136,8 @@ t.test("remove", async (t) => {
   await t.rejects(c.call("Remove", { key: "A" }), { code: S.FAILED_PRECONDITION }, "still the parent of a view");
   await c.call("Remove", { key: "v" });
   await c.call("Remove", { key: "A" });
-  t.equal(readdirSync(join(root, "snapshots")).length, before - 3, "data directories removed");
+  await c.call("Cleanup", {});
+  t.equal(readdirSync(join(root, "snapshots")).length, before - 3, "data directories removed by cleanup");
   t.same((await c.list()).infos, [], "nothing left");
   await t.rejects(c.call("Stat", { key: "A" }), { code: S.NOT_FOUND });
   // The children index follows commits: a child committed under a new name still pins its parent.
@@ -260,6 +261,10 @@ t.test("cleanup frees unreferenced data; state survives a restart", async (t) =>
   await c.call("Prepare", { key: "b", parent: "A", labels: { x: "y" } });
   const snaps = join(root, "snapshots");
   const live = readdirSync(snaps).sort();
+  await c.call("Prepare", { key: "gone", parent: "A" });
+  await c.call("Remove", { key: "gone" });
+  await t.rejects(c.call("Stat", { key: "gone" }), { code: S.NOT_FOUND }, "a removed snapshot is gone at once");
+  t.equal(readdirSync(snaps).length, live.length + 1, "its data waits for cleanup (containerd's async_remove)");
   mkdirSync(join(snaps, "new-crashed", "fs"), { recursive: true });
   mkdirSync(join(snaps, "99", "fs"), { recursive: true });
   await c.call("Cleanup", {});
