@@ -429,7 +429,7 @@ export class Puller {
       const job = this.jobs.get(diffID);
       const e = new StaleAttempt(diffID);
       if (job && !job.abort.signal.aborted) {
-        // Worth seeing: its bytes so far are lost, and another master starts over.
+        // Worth seeing: the transfer waits for another master (resuming from the partial blob).
         this.o.log.warn({ layer: diffID, attempt: job.attempt, leaseLateMs: Date.now() - (this.fenceUntil - FENCE_MARGIN_MS) }, "lease renewals late: this master fenced itself");
       }
       job?.abort.abort(e);
