@@ -391,5 +391,7 @@ export class Agent {
     await this.node.stop();
     await this.host.stop();
     await this.store.close();
+    // Connections to registries still busy with a body nobody reads.
+    this.registry.close();
   }
 }

@@ -95,6 +95,12 @@ async function run(flags: Flags, bootstrap: boolean, peer?: string): Promise<voi
     await closeApi?.();
     await agent.stop();
     log.info({}, "agent stopped");
+    // Everything is closed: a handle some library left open must not keep
+    // a stopped agent's process alive (it would never be restarted).
+    setTimeout(() => {
+      log.warn({ open: process.getActiveResourcesInfo() }, "exiting with handles still open");
+      process.exit(0);
+    }, 2000).unref();
   };
   let closeApi: (() => Promise<void>) | undefined;
   closeApi = await serveApi(agent, flags.api ?? join(flags.data, "api.sock"), () => void shutdown());

@@ -148,7 +148,13 @@ export class HttpResponse {
       this.done = true;
       const cl = Number(this.header("content-length"));
       if (!this.res.complete && !(Number.isFinite(cl) && cl <= 64 * 1024)) this.res.destroy();
-      else this.res.resume();
+      else {
+        // Drained in the background, but never for longer than a stall:
+        // a stalled body would hold its connection (and the process) forever.
+        const timer = setTimeout(() => this.res.destroy(), this.idleMs).unref();
+        this.res.once("close", () => clearTimeout(timer));
+        this.res.resume();
+      }
     }
     this.release();
   }

@@ -31,6 +31,8 @@ import { type KvInput, type KvOutput, kvModel } from "../sim/kvmodel.js";
 import { type Operation, checkLinearizability } from "../sim/linearizability.js";
 import { Prng } from "../sim/prng.js";
 
+/** How long an agent that left the cluster may take to stop. */
+const EXIT_AFTER_LEAVE_MS = 30_000;
 export const FAULT_KINDS = ["kill", "partition", "bandwidth", "registry", "storage", "membership"] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 /** Deliberate damage done just before a round's checks, to prove each check can fail. */
@@ -67,6 +69,7 @@ export interface ChaosSummary {
   refMismatches: number;
   divergedAgents: number;
   /** Agents that exited without being killed or asked to leave. */
+  /** Agents that exited by themselves, or did not stop after leaving. */
   agentCrashes: number;
   linearizability: "ok" | "violated" | "unknown";
   /** Per fault kind: rounds it was injected in, and those whose checks all passed. */
@@ -418,7 +421,18 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
           }
           sum.membershipChanges++;
           rejoined.add(victim.name);
-          await new Promise<void>((r) => (victim.agent.exitCode !== null ? r() : victim.agent.once("exit", () => r())));
+          // An agent that left stops; one that does not is a failure of its own (killed, to go on).
+          const exited = await new Promise<boolean>((r) => {
+            if (victim.agent.exitCode !== null || victim.agent.signalCode !== null) return r(true);
+            const timer = setTimeout(() => r(false), EXIT_AFTER_LEAVE_MS);
+            victim.agent.once("exit", () => (clearTimeout(timer), r(true)));
+          });
+          if (!exited) {
+            sum.agentCrashes++;
+            fail(round, `${victim.name}'s agent left but did not exit within ${EXIT_AFTER_LEAVE_MS} ms: ${victim.agentLog.trim().split("\n").slice(-3).join(" | ").slice(0, 800)}`);
+            if (process.env.CHAOS_LOGS) writeFileSync(join(process.env.CHAOS_LOGS, `seed${o.seed}-round${round}-${victim.name}-stuck.log`), victim.agentLog);
+            await H.killAgent(victim);
+          }
           holds.set(victim.name, new Set());
           restores.push(
             sleep(rng.int(300, 1500)).then(async () => {

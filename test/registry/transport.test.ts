@@ -5,6 +5,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import t from "tap";
 import { RegistryClient } from "../../src/registry/client.js";
+import { Transport } from "../../src/registry/transport.js";
 import { parseReference } from "../../src/registry/reference.js";
 import { freePort, pushImage, rejectsWith, startProxy, startRegistry } from "../helpers/registry.js";
 
@@ -95,4 +96,32 @@ t.test("resolve() is abortable, during a request and during a backoff", async (t
   setTimeout(() => ac2.abort(), 100);
   await t.rejects(slow.resolve(parseReference(`${host}/x/y:z`), { signal: ac2.signal }), { name: "AbortError" }, "while backing off");
   t.ok(Date.now() - started < 1000, "promptly");
+});
+
+t.test("a small body dropped unread but stalled does not hold its connection forever", async (t) => {
+  const closed = new Promise<void>((resolve) => {
+    const server = http.createServer((req, res) => {
+      req.socket.once("close", () => resolve());
+      // An error page that announces 100 bytes, sends 10 and stalls.
+      res.writeHead(404, { "content-length": "100" });
+      res.write("0123456789");
+    });
+    server.listen(0, "127.0.0.1", () => void go((server.address() as AddressInfo).port));
+    t.teardown(
+      () =>
+        new Promise<void>((r) => {
+          server.closeAllConnections();
+          server.close(() => r());
+        }),
+    );
+  });
+  const go = async (port: number): Promise<void> => {
+    const tr = new Transport(150);
+    const res = await tr.request(new URL(`http://127.0.0.1:${port}/v2/x/blobs/sha256:00`));
+    t.equal(res.status, 404);
+    res.discard();
+  };
+  const started = Date.now();
+  await closed;
+  t.ok(Date.now() - started < 2000, `the connection closed after the idle timeout (${Date.now() - started} ms)`);
 });
