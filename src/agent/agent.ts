@@ -58,7 +58,7 @@ export interface AgentOptions {
 const REJOIN_AFTER_TICKS = 200;
 
 /** Gossip topic of download progress hints (never decides anything). */
-const PROGRESS_TOPIC = "wharf/progress/1";
+const PROGRESS_TOPIC = "wharf/progress/2";
 const progressHintSchema = z.object({
   diffID: z.string().max(80),
   blob: z.string().max(80),
@@ -66,6 +66,8 @@ const progressHintSchema = z.object({
   done: z.number().nonnegative(),
   total: z.number().nonnegative(),
 });
+/** One message: every download of one agent. */
+const progressHintsSchema = z.array(progressHintSchema).max(256);
 
 function safeJson(b: Uint8Array): unknown {
   try {
@@ -114,12 +116,12 @@ export class Agent {
       workers: opts.pullWorkers ?? 3,
       ...(opts.platform ? { platform: opts.platform } : {}),
       ...(opts.leaseMs ? { leaseMs: opts.leaseMs } : {}),
-      publish: (h) => void host.publishHint(PROGRESS_TOPIC, new TextEncoder().encode(JSON.stringify(h))).catch(() => {}),
+      publish: (hs) => void host.publishHint(PROGRESS_TOPIC, new TextEncoder().encode(JSON.stringify(hs))).catch(() => {}),
       signal: this.life.signal,
     });
     host.onHint(PROGRESS_TOPIC, (data) => {
-      const h = progressHintSchema.safeParse(safeJson(data));
-      if (h.success && h.data.agent !== host.id) this.puller.hint(h.data);
+      const hs = progressHintsSchema.safeParse(safeJson(data));
+      if (hs.success) for (const h of hs.data) if (h.agent !== host.id) this.puller.hint(h);
     });
   }
 

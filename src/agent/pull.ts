@@ -80,8 +80,8 @@ export interface PullerOptions {
   readonly leaseMs?: number;
   /** How long a proposal may wait for a quorum before the pull fails. */
   readonly quorumTimeoutMs?: number;
-  /** Gossip of progress hints (optional: pulls work without it). */
-  readonly publish?: (h: ProgressHint) => void;
+  /** Gossip of progress hints, all of this agent's downloads in one message (optional: pulls work without it). */
+  readonly publish?: (hs: readonly ProgressHint[]) => void;
   /** Aborted when the agent stops: downloads belong to the agent, not to one request. */
   readonly signal: AbortSignal;
 }
@@ -102,6 +102,8 @@ export class Puller {
   /** Local time until which our lease is surely valid (proposal time + lease). */
   private fenceUntil = 0;
   private renewer: NodeJS.Timeout | undefined;
+  /** Progress of this agent's downloads, gossiped with each lease renewal. */
+  private readonly progress = new Map<string, ProgressHint>();
   private stealing = false;
 
   constructor(private readonly o: PullerOptions) {
@@ -345,6 +347,7 @@ export class Puller {
       )
       .finally(() => {
         this.jobs.delete(diffID);
+        this.progress.delete(diffID);
         this.releaseWorker();
       });
   }
@@ -383,7 +386,7 @@ export class Puller {
               if (now - last >= 200 || p.done === p.total) {
                 last = now;
                 emit({ type: "layer", digest: source.blob, status: p.done === p.total ? "extracting" : "downloading", done: p.done, total: p.total, by: this.o.id });
-                this.o.publish?.({ diffID, blob: source.blob, agent: this.o.id, done: p.done, total: p.total });
+                this.progress.set(diffID, { diffID, blob: source.blob, agent: this.o.id, done: p.done, total: p.total });
               }
             },
           });
@@ -441,7 +444,12 @@ export class Puller {
     this.fenceUntil = Math.max(this.fenceUntil, sentAt + this.leaseMs);
   }
 
-  /** One lease renewal for all of this agent's transfers, three times per lease period, while it has any. */
+  /**
+   * One lease renewal for all of this agent's transfers, three times per
+   * lease period, while it has any; and one gossip message with the progress
+   * of them all (per-chunk hints, relayed by every peer, cost the cluster
+   * more CPU than the downloads).
+   */
   private ensureRenewer(): void {
     if (this.renewer) return;
     this.renewer = setInterval(() => {
@@ -450,6 +458,7 @@ export class Puller {
         this.renewer = undefined;
         return;
       }
+      if (this.progress.size > 0) this.o.publish?.([...this.progress.values()]);
       const sent = Date.now();
       this.o.node
         .propose({ type: "lease", agent: this.o.id, leaseMs: this.leaseMs }, AbortSignal.timeout(this.leaseMs))
