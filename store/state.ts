@@ -368,19 +368,20 @@ export class ClusterState {
   }
 
   /**
-   * A member left the cluster: its leases end, its transfers go back to the
-   * queue, and its holds on images are released (a restart keeps them: only
-   * removal drops them).
+   * A member left the cluster: it waits for nothing any more, and its holds
+   * on images are released (a restart keeps them: only removal drops them).
+   * Its transfers stay its own until its lease runs out, as a dead master's
+   * do: it may still be writing (it fences itself by the same lease, and it
+   * can renew it no more), so nobody else may start before then.
    */
   removeMember(id: string): void {
     this.members.delete(id);
     this.departed.add(id);
-    this.leases.delete(id);
     for (const [d, t] of this.transfers) {
       const waiters = t.waiters.filter((w) => w !== id);
-      if (t.owner !== id && waiters.length === t.waiters.length) continue;
-      if (waiters.length === 0) this.transfers.delete(d);
-      else this.transfers.set(d, { ...t, owner: t.owner === id ? "" : t.owner, waiters });
+      if (waiters.length === t.waiters.length) continue;
+      if (waiters.length === 0 && t.owner !== id) this.transfers.delete(d);
+      else this.transfers.set(d, { ...t, waiters });
       this.onLayer?.(d);
     }
     for (const key of [...this.refs.keys()]) if (key.startsWith(`${id} `)) this.refs.delete(key);

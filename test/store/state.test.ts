@@ -112,9 +112,12 @@ t.test("removing a member releases its holds and its transfers", async (t) => {
   l.apply(4, { type: "image.hold", ref: "r/x:1", holder: "b", manifestDigest: D(50), configDigest: D(51), platform: { os: "linux", architecture: "amd64" }, layers: [D(2)] });
   l.apply(5, { type: "ref.hold", agent: "b", holder: "snapshot:1", layers: [D(2)] });
   l.s.removeMember("a");
-  t.same(l.s.transfers.get(D(1))!.owner, "", "a's transfer is queued for b");
+  t.same(l.s.transfers.get(D(1))!.waiters, ["b"], "a waits for nothing any more");
+  t.match(l.claim(6, "b"), { kind: "pulling", by: "a" }, "a may still be writing: its transfer stays its own until its lease ends");
+  t.same(l.claim(LEASE + 1, "b"), { kind: "master", attempt: 2 }, "then b takes it over");
   l.s.removeMember("b");
-  t.notOk(l.s.transfers.has(D(1)), "no waiter left");
+  t.same(l.s.transfers.get(D(1))?.waiters, [], "b waits for nothing any more either");
+  t.notOk(l.apply(LEASE + 2, { type: "layer.commit", diffID: D(1), agent: "b", attempt: 2, unpacked: 1 }).ok, "and it cannot commit");
   t.notOk(l.s.images.has("r/x:1"));
   t.equal(l.s.referenced(D(2)), undefined, "nothing pins b's layer any more");
 });
