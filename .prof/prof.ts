@@ -22,6 +22,11 @@ try {
   console.log("seconds", t.toFixed(2), "codes", rs.map((r) => r.code).join(","), rs.find((r) => r.code !== 0)?.stderr ?? "");
   for (const r of rs.slice(0, 2)) { const l = r.stdout.trim().split("\n").at(-1)!; console.log(l.slice(0, 300)); }
   console.log("agent cpu s", cpu1.map((c, i) => (c - cpu0[i]!).toFixed(2)).join(" "));
+  if (ctrd) {
+    const again = await H.wharf(H.hosts[0]!, ["pull", ref, "--json", "--containerd", H.hosts[0]!.containerd!.socket]);
+    console.log("again", again.code, again.stderr.slice(0, 300));
+  }
+  for (const h of H.hosts) console.log(h.name, h.agentLog.split("\n").filter((l) => l.includes("registered in containerd")).map((l) => { const j = JSON.parse(l); return `pin ${j.pinMs} register ${j.registerMs}`; }).join(" "));
   await new Promise((r) => setTimeout(r, 3000));
   const cpu2 = H.hosts.map((h) => cpuOf(h.agent.pid!));
   console.log("idle 3s cpu s", cpu2.map((c, i) => (c - cpu1[i]!).toFixed(2)).join(" "));

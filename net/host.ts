@@ -19,6 +19,7 @@ import { type Libp2p, createLibp2p } from "libp2p";
 import { z } from "zod";
 import type { Message, NodeId } from "../raft/index.js";
 import { MAX_FRAME_BYTES, MalformedMessageError, decodeMessage, encodeMessage } from "./codec.js";
+import { readFrames } from "./frames.js";
 
 export const RAFT_PROTOCOL = "/wharf/raft/1";
 export const JOIN_PROTOCOL = "/wharf/join/1";
@@ -236,10 +237,8 @@ export class Host {
    * the connection: a message claiming another sender is refused.
    */
   private async readRaft(stream: Stream, remote: NodeId): Promise<void> {
-    const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES });
     try {
-      for (;;) {
-        const frame = (await lp.read()).subarray();
+      for await (const frame of readFrames(stream, MAX_FRAME_BYTES)) {
         try {
           const m = decodeMessage(frame);
           if (m.from !== remote || m.to !== this.id) {
@@ -251,6 +250,7 @@ export class Host {
           this.log.warn({ peer: remote, err: e.message }, "refused a malformed Raft message");
         }
       }
+      stream.abort(new Error("the peer ended its Raft stream"));
     } catch (e) {
       // The stream ended, or its framing broke (an oversized length prefix):
       // drop it; the peer dials again.

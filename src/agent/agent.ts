@@ -248,9 +248,11 @@ export class Agent {
    * layer after another, propose nothing.
    */
   async registerInContainerd(img: ResolvedImage, to: { socket: string; namespace: string; snapshotter: string }): Promise<void> {
+    const t0 = performance.now();
     const layers = img.layers.map((l) => ({ diffID: l.diffID, blob: l.digest, size: l.size, mediaType: l.mediaType }));
     const own = this.snapshotter;
     const pinned = own ? await own.remote.pin(chainIDs(layers.map((l) => l.diffID)), layers.map((l) => l.diffID)) : [];
+    const t1 = performance.now();
     const c = new ContainerdClient(to.socket, to.namespace);
     try {
       await registerImage(c, to.snapshotter, {
@@ -258,6 +260,7 @@ export class Agent {
         repository: formatReference({ registry: img.repository.registry, repository: img.repository.repository }),
         layers,
       });
+      this.opts.log.info({ image: img.reference, containerd: to.socket, layers: layers.length, pinMs: Math.round(t1 - t0), registerMs: Math.round(performance.now() - t1) }, "image registered in containerd");
     } catch (e) {
       // Not this agent's snapshotter after all, or containerd failed: pins
       // without a snapshot would hold their layers forever.

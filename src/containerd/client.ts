@@ -34,6 +34,18 @@ function serviceAt(pkg: grpc.GrpcObject, path: string): grpc.ServiceClientConstr
   return o as grpc.ServiceClientConstructor;
 }
 
+/** The service clients, loaded once per process (parsing the protos costs more than a registration's calls). */
+let services: { C: grpc.ServiceClientConstructor; I: grpc.ServiceClientConstructor; S: grpc.ServiceClientConstructor; L: grpc.ServiceClientConstructor } | undefined;
+function loadServices(): NonNullable<typeof services> {
+  services ??= {
+    C: serviceAt(load("containerd/services/content/v1/content.proto"), "containerd.services.content.v1.Content"),
+    I: serviceAt(load("containerd/services/images/v1/images.proto"), "containerd.services.images.v1.Images"),
+    S: serviceAt(load("containerd/services/snapshots/v1/snapshots.proto"), "containerd.services.snapshots.v1.Snapshots"),
+    L: serviceAt(load("containerd/services/leases/v1/leases.proto"), "containerd.services.leases.v1.Leases"),
+  };
+  return services;
+}
+
 /** containerd's gRPC status → our error, with what we were doing. */
 function mapError(e: grpc.ServiceError, what: string): WharfError {
   const code =
@@ -71,14 +83,13 @@ export class ContainerdClient {
     const address = `unix://${socket}`;
     const creds = grpc.credentials.createInsecure();
     const opts = { "grpc.max_receive_message_length": 16 << 20, "grpc.max_send_message_length": 16 << 20 };
-    const C = serviceAt(load("containerd/services/content/v1/content.proto"), "containerd.services.content.v1.Content");
-    const I = serviceAt(load("containerd/services/images/v1/images.proto"), "containerd.services.images.v1.Images");
-    const S = serviceAt(load("containerd/services/snapshots/v1/snapshots.proto"), "containerd.services.snapshots.v1.Snapshots");
+    const { C, I, S, L } = loadServices();
     this.content = new C(address, creds, opts) as unknown as Service;
-    this.images = new I(address, creds, opts) as unknown as Service;
-    this.snapshots = new S(address, creds, opts) as unknown as Service;
-    const L = serviceAt(load("containerd/services/leases/v1/leases.proto"), "containerd.services.leases.v1.Leases");
-    this.leases = new L(address, creds, opts) as unknown as Service;
+    // One connection for all four services.
+    const channelOverride = (this.content as grpc.Client).getChannel();
+    this.images = new I(address, creds, { ...opts, channelOverride }) as unknown as Service;
+    this.snapshots = new S(address, creds, { ...opts, channelOverride }) as unknown as Service;
+    this.leases = new L(address, creds, { ...opts, channelOverride }) as unknown as Service;
     // containerd scopes every object by the namespace named in this header.
     this.md.set("containerd-namespace", namespace);
   }
@@ -125,17 +136,6 @@ export class ContainerdClient {
       if ((e as WharfError).code !== "ALREADY_EXISTS") throw e;
       await this.call(this.images, "Update", { image, update_mask: { paths: ["target", "labels"] } }, `image ${name}`);
     }
-  }
-
-  /** Whether containerd (its metadata for this namespace) knows the snapshot `key`. */
-  async hasSnapshot(snapshotter: string, key: string): Promise<boolean> {
-    return this.call(this.snapshots, "Stat", { snapshotter, key }, `snapshot ${key}`).then(
-      () => true,
-      (e: WharfError) => {
-        if (e.code === "NOT_FOUND") return false;
-        throw e;
-      },
-    );
   }
 
   /**

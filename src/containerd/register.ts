@@ -61,7 +61,8 @@ async function register(c: ContainerdClient, snapshotter: string, img: Registere
   await c.putImage(img.reference, { mediaType: img.manifestMediaType, digest: img.manifestDigest, size: img.manifest.length });
   for (const [i, l] of img.layers.entries()) {
     const id = chain[i]!;
-    if (await c.hasSnapshot(snapshotter, id)) continue;
+    // A snapshot containerd has already is answered "already exists" by
+    // containerd itself (it checks the ref label's target first).
     const key = `extract-${process.hrtime.bigint()}-${randomBytes(4).toString("base64url")} ${id}`;
     const labels = {
       [REF_LABEL]: id,
