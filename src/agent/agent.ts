@@ -8,7 +8,7 @@ import { z } from "zod";
 import { Host, newIdentity } from "../../net/host.js";
 import { NONE, type Snapshot } from "../../raft/index.js";
 import { LogStore } from "../../store/logstore.js";
-import { ContainerdClient } from "../containerd/client.js";
+import { ContainerdClient, loadServices } from "../containerd/client.js";
 import { chainIDs, registerImage } from "../containerd/register.js";
 import { WharfError } from "../errors.js";
 import { LayerStore } from "../layers/store.js";
@@ -233,6 +233,8 @@ export class Agent {
       onRemoveExternal: (name) => remote.removed(name),
       log: this.opts.log,
     });
+    // `wharf pull --containerd` will talk to this host's containerd.
+    loadServices();
     try {
       this.snapshotter = { sn, server: await serveSnapshotter(sn, socket, this.opts.log), remote };
     } catch (e) {

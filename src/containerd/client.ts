@@ -36,7 +36,8 @@ function serviceAt(pkg: grpc.GrpcObject, path: string): grpc.ServiceClientConstr
 
 /** The service clients, loaded once per process (parsing the protos costs more than a registration's calls). */
 let services: { C: grpc.ServiceClientConstructor; I: grpc.ServiceClientConstructor; S: grpc.ServiceClientConstructor; L: grpc.ServiceClientConstructor } | undefined;
-function loadServices(): NonNullable<typeof services> {
+/** Loads containerd's API now (an agent serving containerd does at start, not in its first pull). */
+export function loadServices(): NonNullable<typeof services> {
   services ??= {
     C: serviceAt(load("containerd/services/content/v1/content.proto"), "containerd.services.content.v1.Content"),
     I: serviceAt(load("containerd/services/images/v1/images.proto"), "containerd.services.images.v1.Images"),
