@@ -9,6 +9,7 @@
 
 import http, { type IncomingHttpHeaders, type IncomingMessage } from "node:http";
 import https from "node:https";
+import type { Socket } from "node:net";
 import { WharfError } from "../errors.js";
 
 /** A failure that may go away on its own; the client retries these with backoff. */
@@ -69,6 +70,21 @@ export interface RequestInit {
 }
 
 /** A response whose headers have arrived. Its body must be consumed, or discarded. */
+/**
+ * Ends a connection with a reset, not a FIN: after a FIN the server goes on
+ * sending the body until a segment bounces, so a blob transfer given up (to
+ * be resumed by another master) would overlap with the next one.
+ */
+function resetSocket(socket: Socket | null | undefined): void {
+  if (!socket || socket.destroyed) return;
+  try {
+    socket.resetAndDestroy();
+  } catch {
+    // Not a plain TCP socket (TLS): a close is what there is.
+    socket.destroy();
+  }
+}
+
 export class HttpResponse {
   private done = false;
 
@@ -147,8 +163,10 @@ export class HttpResponse {
     if (!this.done) {
       this.done = true;
       const cl = Number(this.header("content-length"));
-      if (!this.res.complete && !(Number.isFinite(cl) && cl <= 64 * 1024)) this.res.destroy();
-      else {
+      if (!this.res.complete && !(Number.isFinite(cl) && cl <= 64 * 1024)) {
+        resetSocket(this.res.socket);
+        this.res.destroy();
+      } else {
         // Drained in the background, but never for longer than a stall:
         // a stalled body would hold its connection (and the process) forever.
         const timer = setTimeout(() => this.res.destroy(), this.idleMs).unref();
@@ -176,6 +194,7 @@ export class Transport {
       let res: IncomingMessage | undefined;
       const onAbort = (): void => {
         const e = abortError(signal!, what);
+        resetSocket(req.socket);
         req.destroy(e);
         res?.destroy(e);
         reject(e);

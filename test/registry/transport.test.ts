@@ -125,3 +125,33 @@ t.test("a small body dropped unread but stalled does not hold its connection for
   await closed;
   t.ok(Date.now() - started < 2000, `the connection closed after the idle timeout (${Date.now() - started} ms)`);
 });
+
+t.test("a body given up resets its connection: the server stops sending at once", async (t) => {
+  let resolveSeen: (v: { fin: boolean; reset: boolean }) => void;
+  const seen = new Promise<{ fin: boolean; reset: boolean }>((r) => (resolveSeen = r));
+  const server = http.createServer((req, res) => {
+    const s = req.socket;
+    let fin = false;
+    let reset = false;
+    s.on("end", () => (fin = true));
+    s.on("error", (e: NodeJS.ErrnoException) => (reset ||= e.code === "ECONNRESET"));
+    s.on("close", () => resolveSeen({ fin, reset }));
+    res.writeHead(200, { "content-length": String(100 << 20) });
+    const timer = setInterval(() => res.write(Buffer.alloc(16 << 10)), 5);
+    res.on("close", () => clearInterval(timer));
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  t.teardown(
+    () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  );
+  const ac = new AbortController();
+  const res = await new Transport(5000).request(new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/v2/x/blobs/sha256:00`), { signal: ac.signal });
+  for await (const _ of res.chunks()) break;
+  const s = await seen;
+  t.same(s, { fin: false, reset: true }, "the server saw a reset, not a FIN");
+  ac.abort();
+});
