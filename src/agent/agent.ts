@@ -390,6 +390,12 @@ export class Agent {
   async stop(): Promise<void> {
     this.life.abort(new WharfError("SHUTTING_DOWN", "the agent is shutting down"));
     if (this.upkeep) clearInterval(this.upkeep);
+    // Downloads stop, and what they leave in the shared store goes with them:
+    // only this agent may collect its temp dirs, and one that leaves the
+    // cluster never starts again to do it.
+    await this.puller.settle(5000);
+    const left = await this.layers.collectLeftovers().catch(() => []);
+    if (left.length > 0) this.opts.log.warn({ left }, "downloads left temp dirs behind; removed");
     await this.stopMetrics?.();
     if (this.snapshotter) {
       await this.snapshotter.server.close();

@@ -117,6 +117,16 @@ export class Puller {
     });
   }
 
+  /**
+   * Waits (at most `ms`) until this agent's downloads, aborted with the
+   * agent, have stopped and removed their temp dirs: an agent that leaves
+   * the cluster leaves nothing in the shared store that only it may collect.
+   */
+  async settle(ms: number): Promise<void> {
+    const all = Promise.allSettled([...this.jobs.values()].map((j) => j.done));
+    await Promise.race([all, new Promise((r) => setTimeout(r, ms).unref())]);
+  }
+
   /** A progress hint from another agent's master. */
   hint(h: ProgressHint): void {
     this.events.emit(`hint:${h.diffID}`, h);
