@@ -3,7 +3,7 @@
 
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import t from "tap";
+import t, { type Test } from "tap";
 import { RegistryClient } from "../../src/registry/client.js";
 import { Transport } from "../../src/registry/transport.js";
 import { parseReference } from "../../src/registry/reference.js";
@@ -12,6 +12,20 @@ import { freePort, pushImage, rejectsWith, startProxy, startRegistry } from "../
 const reg = await startRegistry();
 t.teardown(() => reg.stop());
 const img = await pushImage(reg.host, "net/app", "v1", { layers: [{ files: { a: "1" } }] });
+
+/** A local HTTP server for the test's length; resolves with its host:port. */
+async function serve(t: Test, handler: http.RequestListener): Promise<string> {
+  const server = http.createServer(handler);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  t.teardown(
+    () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  );
+  return `127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
 
 t.test("a plain-http registry not listed in insecureRegistries: a clear error, at once", async (t) => {
   const started = Date.now();
@@ -46,16 +60,7 @@ t.test("manifest requests are retried after 503s", async (t) => {
 
 t.test("a server that accepts but never answers times out, is retried, then given up on", async (t) => {
   const hung = new Set<http.ServerResponse>();
-  const server = http.createServer((_req, res) => void hung.add(res));
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  t.teardown(
-    () =>
-      new Promise<void>((r) => {
-        server.closeAllConnections();
-        server.close(() => r());
-      }),
-  );
-  const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const host = await serve(t, (_req, res) => void hung.add(res));
   const started = Date.now();
   await rejectsWith(
     t,
@@ -99,37 +104,26 @@ t.test("resolve() is abortable, during a request and during a backoff", async (t
 });
 
 t.test("a small body dropped unread but stalled does not hold its connection forever", async (t) => {
-  const closed = new Promise<void>((resolve) => {
-    const server = http.createServer((req, res) => {
-      req.socket.once("close", () => resolve());
-      // An error page that announces 100 bytes, sends 10 and stalls.
-      res.writeHead(404, { "content-length": "100" });
-      res.write("0123456789");
-    });
-    server.listen(0, "127.0.0.1", () => void go((server.address() as AddressInfo).port));
-    t.teardown(
-      () =>
-        new Promise<void>((r) => {
-          server.closeAllConnections();
-          server.close(() => r());
-        }),
-    );
+  let closed!: () => void;
+  const gone = new Promise<void>((r) => (closed = r));
+  const host = await serve(t, (req, res) => {
+    req.socket.once("close", () => closed());
+    // An error page that announces 100 bytes, sends 10 and stalls.
+    res.writeHead(404, { "content-length": "100" });
+    res.write("0123456789");
   });
-  const go = async (port: number): Promise<void> => {
-    const tr = new Transport(150);
-    const res = await tr.request(new URL(`http://127.0.0.1:${port}/v2/x/blobs/sha256:00`));
-    t.equal(res.status, 404);
-    res.discard();
-  };
+  const res = await new Transport(150).request(new URL(`http://${host}/v2/x/blobs/sha256:00`));
+  t.equal(res.status, 404);
   const started = Date.now();
-  await closed;
+  res.discard();
+  await gone;
   t.ok(Date.now() - started < 2000, `the connection closed after the idle timeout (${Date.now() - started} ms)`);
 });
 
 t.test("a body given up resets its connection: the server stops sending at once", async (t) => {
-  let resolveSeen: (v: { fin: boolean; reset: boolean }) => void;
+  let resolveSeen!: (v: { fin: boolean; reset: boolean }) => void;
   const seen = new Promise<{ fin: boolean; reset: boolean }>((r) => (resolveSeen = r));
-  const server = http.createServer((req, res) => {
+  const host = await serve(t, (req, res) => {
     const s = req.socket;
     let fin = false;
     let reset = false;
@@ -140,18 +134,7 @@ t.test("a body given up resets its connection: the server stops sending at once"
     const timer = setInterval(() => res.write(Buffer.alloc(16 << 10)), 5);
     res.on("close", () => clearInterval(timer));
   });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  t.teardown(
-    () =>
-      new Promise<void>((r) => {
-        server.closeAllConnections();
-        server.close(() => r());
-      }),
-  );
-  const ac = new AbortController();
-  const res = await new Transport(5000).request(new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/v2/x/blobs/sha256:00`), { signal: ac.signal });
+  const res = await new Transport(5000).request(new URL(`http://${host}/v2/x/blobs/sha256:00`));
   for await (const _ of res.chunks()) break;
-  const s = await seen;
-  t.same(s, { fin: false, reset: true }, "the server saw a reset, not a FIN");
-  ac.abort();
+  t.same(await seen, { fin: false, reset: true }, "the server saw a reset, not a FIN");
 });
