@@ -341,8 +341,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
         sum.faults[kind].injected++;
         await sleep(rng.int(50, 900));
         if (kind === "kill") {
-          const ts = (await call(H.hosts[0]!, "GET", "/transfers").catch(() => undefined))?.body as { owner?: string }[] | undefined;
-          const master = ts?.find((t) => t.owner)?.owner;
+          // Either may fail (host-1 cut off, say): the victim is then anyone.
+          const ts: unknown = (await call(H.hosts[0]!, "GET", "/transfers").catch(() => undefined))?.body;
+          const master = Array.isArray(ts) ? (ts as { owner?: string }[]).find((t) => t.owner)?.owner : undefined;
           const leader = (await call(H.hosts[0]!, "GET", "/status").catch(() => undefined))?.body?.leader as string | undefined;
           const pick = rng.int(0, 2);
           const wanted = pick === 0 ? master : pick === 1 ? leader : undefined;
