@@ -252,8 +252,9 @@ export class Agent {
   async registerInContainerd(img: ResolvedImage, to: { socket: string; namespace: string; snapshotter: string }): Promise<void> {
     const t0 = performance.now();
     const layers = img.layers.map((l) => ({ diffID: l.diffID, blob: l.digest, size: l.size, mediaType: l.mediaType }));
+    const diffIDs = layers.map((l) => l.diffID);
     const own = this.snapshotter;
-    const pinned = own ? await own.remote.pin(chainIDs(layers.map((l) => l.diffID)), layers.map((l) => l.diffID)) : [];
+    const pinned = own ? await own.remote.pin(chainIDs(diffIDs), diffIDs) : [];
     const t1 = performance.now();
     const c = new ContainerdClient(to.socket, to.namespace);
     try {
