@@ -168,22 +168,29 @@ export class Puller {
     let outcomes: LayerOutcome[] = [];
     // Holding the image pins its layers. A layer found present may be
     // deleted (its last holder removed it) before our hold is applied: the
-    // hold is then refused, and the layers are claimed again.
+    // hold is then refused, and what is no longer present is claimed again.
+    // Each refusal is a deletion that happened in between, and a deletion
+    // needs a layer nobody holds, so rounds are bounded by the deletions one
+    // rmi can make: one per layer.
+    const rounds = img.layers.length + 2;
     for (let round = 1; ; round++) {
+      const before = outcomes;
       outcomes = await Promise.all(
         img.layers.map(async (l, i) => {
           const source = { repository, blob: l.digest, size: l.size, mediaType: l.mediaType };
+          // An earlier round's outcome says more than "present" (we pulled it, or waited).
+          const earlier = before[i];
           // Present as far as this agent knows: no claim, the hold below checks it.
-          const known = round === 1 ? this.o.node.state.layers.get(l.diffID) : undefined;
+          const known = this.o.node.state.layers.get(l.diffID);
           if (known?.state === "present") {
+            if (earlier) return earlier;
             emit({ type: "layer", digest: l.digest, status: "present", total: l.size, by: known.by });
             return { outcome: "present" as const, by: known.by, fetched: 0 };
           }
           try {
             const r = await this.layer(l.diffID, source, signal, emit);
             registryBytes += r.fetched;
-            // An earlier round's outcome says more than "present" (we pulled it, or waited).
-            return round > 1 && r.outcome === "present" && outcomes[i] ? outcomes[i]! : r;
+            return r.outcome === "present" && earlier ? earlier : r;
           } catch (e) {
             emit({ type: "layer", digest: l.digest, status: "failed", error: (e as Error).message });
             throw new WharfError(errorCodeOf(e), `${img.reference}: layer ${l.digest}: ${(e as Error).message}`);
@@ -203,7 +210,7 @@ export class Puller {
         signal,
       );
       if (held.ok) break;
-      if (held.code !== "BUSY" || round >= 5) throw new WharfError(held.code, `${img.reference}: ${held.error}`);
+      if (held.code !== "BUSY" || round >= rounds) throw new WharfError(held.code, `${img.reference}: ${held.error}`);
       this.o.log.info({ image: img.reference, why: held.error }, "a layer went away before the image was held; claiming again");
     }
     await opts.then?.(img);
@@ -536,12 +543,11 @@ export class Puller {
     const img = this.o.node.state.images.get(reference);
     if (!img || !img.holders.includes(this.o.id)) throw new WharfError("NOT_FOUND", `this agent holds no image ${reference}`);
     await this.propose({ type: "image.release", ref: reference, holder: this.o.id }, signal);
-    const deleted: string[] = [];
-    for (const d of img.layers) {
-      if (this.o.node.state.referenced(d) !== undefined) continue;
-      if (await this.deleteLayer(d, signal)) deleted.push(d);
-    }
-    return { reference, deletedLayers: deleted };
+    // All at once: a pull racing this rmi then finds every deletion applied
+    // together, and claims what it lost in one more round.
+    const unreferenced = [...new Set(img.layers)].filter((d) => this.o.node.state.referenced(d) === undefined);
+    const done = await Promise.all(unreferenced.map((d) => this.deleteLayer(d, signal)));
+    return { reference, deletedLayers: unreferenced.filter((_, i) => done[i]) };
   }
 
   /**
