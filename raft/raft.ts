@@ -163,7 +163,29 @@ export class Raft {
 
   private send(m: Omit<Message, "from" | "term"> & { term?: number }): void {
     const term = m.term ?? (m.type === "prop" || m.type === "readIndex" || m.type === "transferLeader" ? 0 : this.term);
-    this.msgs.push({ ...m, from: this.id, term });
+    this.queue({ ...m, from: this.id, term });
+  }
+
+  /**
+   * Queues a message, merged into the last one queued for the same peer when
+   * the peer would do exactly the same with one message as with both: an
+   * append that continues the previous append (the leader appends once per
+   * proposal and again for each commit advance; a burst of proposals would
+   * otherwise cost a message per entry per follower), or forwarded
+   * proposals of ordinary entries. Messages to a peer keep their order.
+   */
+  private queue(m: Message): void {
+    for (let i = this.msgs.length - 1; i >= 0; i--) {
+      const prev = this.msgs[i]!;
+      if (prev.to !== m.to) continue;
+      const merged = mergeMessages(prev, m, this.maxSizePerMsg);
+      if (merged) {
+        this.msgs[i] = merged;
+        return;
+      }
+      break;
+    }
+    this.msgs.push(m);
   }
 
   // ---------------------------------------------------------------- roles
@@ -525,7 +547,7 @@ export class Raft {
       case "readIndex":
       case "transferLeader":
         if (this.lead === NONE) throw new RaftError("PROPOSAL_DROPPED", `no leader known to ${this.id}`);
-        this.msgs.push({ ...m, to: this.lead });
+        this.queue({ ...m, to: this.lead });
         return;
       case "app":
         this.electionElapsed = 0;
@@ -830,4 +852,22 @@ export class Raft {
   onApply(entries: readonly Entry[]): void {
     for (const e of entries) if (e.type === "conf") this.applyConfChange(decodeConfChange(e.data));
   }
+}
+
+/** `a` then `b` as one message to the same peer, or undefined when they cannot be one. */
+function mergeMessages(a: Message, b: Message, maxBytes: number): Message | undefined {
+  if (a.type !== b.type || a.from !== b.from || a.term !== b.term) return undefined;
+  const ae = a.entries ?? [];
+  const be = b.entries ?? [];
+  let bytes = 0;
+  for (const e of ae) bytes += entrySize(e);
+  for (const e of be) bytes += entrySize(e);
+  if (bytes > maxBytes) return undefined;
+  if (a.type === "app") {
+    const lastTerm = ae.length > 0 ? ae[ae.length - 1]!.term : a.logTerm;
+    if (b.index !== (a.index ?? 0) + ae.length || b.logTerm !== lastTerm) return undefined;
+    return { ...a, entries: [...ae, ...be], commit: Math.max(a.commit ?? 0, b.commit ?? 0) };
+  }
+  if (a.type === "prop" && [...ae, ...be].every((e) => e.type === "normal")) return { ...a, entries: [...ae, ...be] };
+  return undefined;
 }

@@ -167,6 +167,7 @@ export class Agent {
         id: host.id,
         store,
         send: (m) => {
+          metrics.messages.inc({ direction: "sent", type: m.type });
           if (!host.send(m)) node.rn.reportUnreachable(m.to);
         },
         tickMs: opts.tickMs ?? 100,
@@ -178,7 +179,10 @@ export class Agent {
       if (leftovers.length > 0) opts.log.info({ leftovers }, "collected leftovers of a previous run in the shared store");
       const mounts = await Mounts.open(opts.dataDir, join(opts.sharedDir, "layers", "sha256"));
       const agent = new Agent(opts, store, host, node, (await store.getMeta("cluster")) ?? "", { layers, mounts });
-      host.onMessage = (m) => node.step(m);
+      host.onMessage = (m) => {
+        metrics.messages.inc({ direction: "received", type: m.type });
+        node.step(m);
+      };
       // Admitting a peer: record its addresses, then add it as a learner; the
       // leader's upkeep promotes it once it has caught up.
       await host.serveJoin(async (req) => {

@@ -8,6 +8,8 @@ export interface RaftMetrics {
   readonly registry: Registry;
   readonly proposalSeconds: Histogram;
   readonly leaderChanges: Counter;
+  /** Raft messages this agent sent and received, by direction and type. */
+  readonly messages: Counter<"direction" | "type">;
 }
 
 export function createRaftMetrics(node: () => RaftNode): RaftMetrics {
@@ -41,6 +43,12 @@ export function createRaftMetrics(node: () => RaftNode): RaftMetrics {
       registers: [registry],
     }),
     leaderChanges: new Counter({ name: "wharf_raft_leader_changes_total", help: "Leader changes seen.", registers: [registry] }),
+    messages: new Counter({
+      name: "wharf_raft_messages_total",
+      help: "Raft messages sent to and received from peers, by type.",
+      labelNames: ["direction", "type"] as const,
+      registers: [registry],
+    }),
   };
 }
 

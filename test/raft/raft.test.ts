@@ -1028,12 +1028,45 @@ t.test("flow control: at most maxInflightMsgs appends in flight to a follower", 
   const toN2 = rd.messages.filter((m) => m.to === "n2" && m.type === "app");
   t.same(
     toN2.map((m) => ids(m.entries ?? [])),
-    [[[3, 2]], [[4, 2]]],
-    "two appends of one entry each, then the window is full",
+    [[[3, 2], [4, 2]]],
+    "two appends (sent as one message), then the window is full",
   );
   t.equal(net.rn("n1").status().progress.get("n2")?.next, 5);
   net.stabilize();
   t.same(payloads(net.node("n2").applied), ["a", "b", "c", "d", "e"], "acknowledgements reopen the window");
+});
+
+t.test("a burst of proposals goes to each follower as one append; a follower forwards it as one proposal", async (t) => {
+  const net = new Network(["n1", "n2", "n3"]);
+  net.elect("n1");
+  for (const x of ["a", "b", "c"]) net.rn("n1").propose(enc.encode(x));
+  const rd = net.handle("n1");
+  const apps = rd.messages.filter((m) => m.type === "app");
+  t.same(apps.map((m) => [m.to, ids(m.entries ?? [])]), [["n2", [[3, 2], [4, 2], [5, 2]]], ["n3", [[3, 2], [4, 2], [5, 2]]]]);
+  net.stabilize();
+  for (const x of ["d", "e"]) net.rn("n2").propose(enc.encode(x));
+  const props = net.handle("n2").messages.filter((m) => m.type === "prop");
+  t.same(props.map((m) => payloads(m.entries ?? [])), [["d", "e"]], "one forwarded proposal");
+  net.stabilize();
+  for (const id of ["n1", "n2", "n3"]) t.same(payloads(net.node(id).applied), ["a", "b", "c", "d", "e"], `${id} applied all, in order`);
+});
+
+t.test("appends are merged only where the follower would do the same with both", async (t) => {
+  const net = new Network(["n1", "n2", "n3"], { config: { maxSizePerMsg: 60 } });
+  net.elect("n1");
+  // A message of another kind to the same peer in between keeps them apart.
+  net.rn("n1").propose(enc.encode("a"));
+  net.rn("n1").readIndex("ctx");
+  net.rn("n1").propose(enc.encode("b"));
+  const toN2 = net.handle("n1").messages.filter((m) => m.to === "n2");
+  t.same(toN2.map((m) => m.type), ["app", "heartbeat", "app"]);
+  net.stabilize();
+  // Past maxSizePerMsg (24 bytes of overhead per entry) a new message starts.
+  for (const x of ["c", "d", "e"]) net.rn("n1").propose(enc.encode(x));
+  const sizes = net.handle("n1").messages.filter((m) => m.to === "n2" && m.type === "app").map((m) => (m.entries ?? []).length);
+  t.same(sizes, [2, 1]);
+  net.stabilize();
+  t.same(payloads(net.node("n3").applied), ["a", "b", "c", "d", "e"]);
 });
 
 t.test("flow control: a window of lost appends is recovered at the next heartbeat", async (t) => {
