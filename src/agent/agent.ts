@@ -248,29 +248,41 @@ export class Agent {
   }
 
   /**
-   * Registers an image this agent holds in a containerd (`wharf pull
-   * --containerd`). Where that containerd's snapshotter is this agent's, the
-   * snapshots are pinned at once first, so that containerd's Prepares, one
-   * layer after another, propose nothing.
+   * Registers an image in a containerd (`wharf pull --containerd`), beside
+   * its pull: `present(i)` resolves once layer i is in the shared store.
+   * Where that containerd's snapshotter is this agent's, each snapshot is
+   * pinned as soon as its layer is present, so that containerd's Prepare of
+   * it, one layer after another in chain order, proposes nothing.
    */
-  async registerInContainerd(img: ResolvedImage, to: { socket: string; namespace: string; snapshotter: string }): Promise<void> {
+  async registerInContainerd(
+    img: ResolvedImage,
+    to: { socket: string; namespace: string; snapshotter: string },
+    present: (i: number) => Promise<void> = async () => {},
+  ): Promise<void> {
     const t0 = performance.now();
     const layers = img.layers.map((l) => ({ diffID: l.diffID, blob: l.digest, size: l.size, mediaType: l.mediaType }));
     const diffIDs = layers.map((l) => l.diffID);
+    const names = chainIDs(diffIDs);
     const own = this.snapshotter;
-    const pinned = own ? await own.remote.pin(chainIDs(diffIDs), diffIDs) : [];
-    const t1 = performance.now();
+    const pinned: string[] = [];
+    const pins = names.map(async (name, i) => {
+      await present(i);
+      if (own) pinned.push(...(await own.remote.pin([name], [diffIDs[i]!])));
+    });
+    for (const p of pins) p.catch(() => {});
     const c = new ContainerdClient(to.socket, to.namespace);
     try {
-      await registerImage(c, to.snapshotter, {
-        ...img,
-        repository: formatReference({ registry: img.repository.registry, repository: img.repository.repository }),
-        layers,
-      });
-      this.opts.log.info({ image: img.reference, containerd: to.socket, layers: layers.length, pinMs: Math.round(t1 - t0), registerMs: Math.round(performance.now() - t1) }, "image registered in containerd");
+      await registerImage(
+        c,
+        to.snapshotter,
+        { ...img, repository: formatReference({ registry: img.repository.registry, repository: img.repository.repository }), layers },
+        (i) => pins[i]!,
+      );
+      this.opts.log.info({ image: img.reference, containerd: to.socket, layers: layers.length, ms: Math.round(performance.now() - t0) }, "image registered in containerd");
     } catch (e) {
       // Not this agent's snapshotter after all, or containerd failed: pins
       // without a snapshot would hold their layers forever.
+      await Promise.allSettled(pins);
       await own?.remote.unpin(pinned, (n) => own.sn.stat(n).then(() => true, () => false)).catch(() => {});
       throw e;
     } finally {

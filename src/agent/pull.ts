@@ -147,12 +147,20 @@ export class Puller {
 
   /**
    * Pulls an image: every layer present in the shared store, then held by
-   * this agent. `then` runs once it is held (e.g. registering it in a
-   * containerd), before the summary is returned.
+   * this agent. `alongside` (e.g. registering the image in a containerd)
+   * starts once the image is resolved and runs beside the layer pulls:
+   * `present(i)` resolves once layer i is present for this pull (and
+   * rejects if the pull fails). The summary is returned once the image is
+   * held and `alongside` is done; either failing fails the pull.
    */
   async pull(
     refText: string,
-    opts: { platform?: Platform; signal: AbortSignal; onEvent?: (e: PullEvent) => void; then?: (img: ResolvedImage) => Promise<void> },
+    opts: {
+      platform?: Platform;
+      signal: AbortSignal;
+      onEvent?: (e: PullEvent) => void;
+      alongside?: (img: ResolvedImage, present: (i: number) => Promise<void>) => Promise<void>;
+    },
   ): Promise<PullSummary> {
     const t0 = performance.now();
     const ref = parseReference(refText);
@@ -164,8 +172,37 @@ export class Puller {
     await this.o.store.putBlob(img.manifestDigest, img.manifest);
     await this.o.store.putBlob(img.configDigest, img.config);
     const repository = formatReference({ registry: img.repository.registry, repository: img.repository.repository });
-    let registryBytes = img.manifest.length + img.config.length;
+    const present = img.layers.map(() => Promise.withResolvers<void>());
+    for (const p of present) p.promise.catch(() => {});
+    const beside = opts.alongside?.(img, (i) => present[i]!.promise);
+    const held = this.holdImage(img, repository, signal, emit, present).catch((e: unknown) => {
+      // Whatever `alongside` still waits for will not come.
+      for (const p of present) p.reject(e);
+      throw e;
+    });
+    const [h, b] = await Promise.allSettled([held, beside]);
+    if (h.status === "rejected") throw h.reason;
+    if (b.status === "rejected") throw b.reason;
+    const { outcomes, fetched } = h.value;
+    return {
+      reference: img.reference,
+      manifestDigest: img.manifestDigest,
+      layers: img.layers.map((l, i) => ({ digest: l.digest, size: l.size, outcome: outcomes[i]!.outcome, by: outcomes[i]!.by })),
+      registryBytes: img.manifest.length + img.config.length + fetched,
+      seconds: (performance.now() - t0) / 1000,
+    };
+  }
+
+  /** Every layer of `img` present, then the image held by this agent. */
+  private async holdImage(
+    img: ResolvedImage,
+    repository: string,
+    signal: AbortSignal,
+    emit: (e: PullEvent) => void,
+    present: readonly PromiseWithResolvers<void>[],
+  ): Promise<{ outcomes: LayerOutcome[]; fetched: number }> {
     let outcomes: LayerOutcome[] = [];
+    let fetched = 0;
     // Holding the image pins its layers. A layer found present may be
     // deleted (its last holder removed it) before our hold is applied: the
     // hold is then refused, and what is no longer present is claimed again.
@@ -183,17 +220,21 @@ export class Puller {
           // Present as far as this agent knows: no claim, the hold below checks it.
           const known = this.o.node.state.layers.get(l.diffID);
           if (known?.state === "present") {
+            present[i]!.resolve();
             if (earlier) return earlier;
             emit({ type: "layer", digest: l.digest, status: "present", total: l.size, by: known.by });
             return { outcome: "present" as const, by: known.by, fetched: 0 };
           }
           try {
             const r = await this.layer(l.diffID, source, signal, emit);
-            registryBytes += r.fetched;
+            present[i]!.resolve();
+            fetched += r.fetched;
             return r.outcome === "present" && earlier ? earlier : r;
           } catch (e) {
+            const err = new WharfError(errorCodeOf(e), `${img.reference}: layer ${l.digest}: ${(e as Error).message}`);
+            present[i]!.reject(err);
             emit({ type: "layer", digest: l.digest, status: "failed", error: (e as Error).message });
-            throw new WharfError(errorCodeOf(e), `${img.reference}: layer ${l.digest}: ${(e as Error).message}`);
+            throw err;
           }
         }),
       );
@@ -209,18 +250,10 @@ export class Puller {
         },
         signal,
       );
-      if (held.ok) break;
+      if (held.ok) return { outcomes, fetched };
       if (held.code !== "BUSY" || round >= rounds) throw new WharfError(held.code, `${img.reference}: ${held.error}`);
       this.o.log.info({ image: img.reference, why: held.error }, "a layer went away before the image was held; claiming again");
     }
-    await opts.then?.(img);
-    return {
-      reference: img.reference,
-      manifestDigest: img.manifestDigest,
-      layers: img.layers.map((l, i) => ({ digest: l.digest, size: l.size, outcome: outcomes[i]!.outcome, by: outcomes[i]!.by })),
-      registryBytes,
-      seconds: (performance.now() - t0) / 1000,
-    };
   }
 
   /** Makes a layer present in the shared store (cooperatively), for a snapshot that needs it. */

@@ -116,7 +116,7 @@ async function pull(agent: Agent, req: IncomingMessage, res: ServerResponse): Pr
       signal: gone.signal,
       onEvent: (e) => line({ event: e }),
       ...(platform ? { platform: parsePlatform(platform) } : {}),
-      ...(containerd ? { then: (img: ResolvedImage) => agent.registerInContainerd(img, containerd) } : {}),
+      ...(containerd ? { alongside: (img: ResolvedImage, present: (i: number) => Promise<void>) => agent.registerInContainerd(img, containerd, present) } : {}),
     });
     line({ result });
   } catch (e) {
