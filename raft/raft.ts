@@ -26,6 +26,13 @@ export interface Config {
   readonly electionTick: number;
   /** Ticks between leader heartbeats; must be well below electionTick. */
   readonly heartbeatTick: number;
+  /**
+   * Learners get every this many heartbeats (default 1: all). They vote in
+   * no election and count in no quorum; a heartbeat only tells them of the
+   * leader and the commit index, which appends carry too. In a cluster of
+   * a few voters and many learners, most heartbeats are theirs.
+   */
+  readonly learnerHeartbeatEvery?: number;
   /** A uniform random number in [0, 1): the only source of randomness (election jitter). */
   readonly random: () => number;
   /** Index already applied by the state machine on restart (default: the snapshot's index). */
@@ -81,6 +88,9 @@ export class Raft {
 
   private electionElapsed = 0;
   private heartbeatElapsed = 0;
+  /** Periodic heartbeats sent by this leader (learners get every learnerHeartbeatEvery-th). */
+  private beats = 0;
+  private readonly learnerHeartbeatEvery: number;
   private randomizedElectionTimeout = 0;
   private readonly electionTimeout: number;
   private readonly heartbeatTimeout: number;
@@ -103,6 +113,7 @@ export class Raft {
     this.id = c.id;
     this.electionTimeout = c.electionTick;
     this.heartbeatTimeout = c.heartbeatTick;
+    this.learnerHeartbeatEvery = Math.max(1, c.learnerHeartbeatEvery ?? 1);
     this.maxSizePerMsg = c.maxSizePerMsg ?? 1 << 20;
     this.maxCommittedSizePerReady = c.maxCommittedSizePerReady ?? 8 << 20;
     this.preVote = c.preVote ?? true;
@@ -408,7 +419,8 @@ export class Raft {
   private stepLeader(m: Message): void {
     switch (m.type) {
       case "beat":
-        this.bcastHeartbeat();
+        this.beats++;
+        this.bcastHeartbeat(undefined, this.beats % this.learnerHeartbeatEvery === 0);
         return;
       case "checkQuorum":
         if (!this.tracker.quorumActive(this.id)) {
@@ -710,9 +722,9 @@ export class Raft {
     for (const [id, pr] of this.tracker.progress) if (id !== this.id) this.sendAppend(id, pr);
   }
 
-  private bcastHeartbeat(context?: string): void {
+  private bcastHeartbeat(context?: string, learners = true): void {
     for (const [id, pr] of this.tracker.progress) {
-      if (id === this.id) continue;
+      if (id === this.id || (!learners && pr.isLearner)) continue;
       // Never tell a follower to commit past what it is known to hold.
       const commit = Math.min(pr.match, this.log.committed);
       this.send({ type: "heartbeat", to: id, commit, ...(context !== undefined ? { context } : {}) });

@@ -72,6 +72,9 @@ export class RaftNode {
       storage: opts.store.mem,
       electionTick: opts.electionTicks ?? 10,
       heartbeatTick: 1,
+      // Learners (every member past the first few voters) hear a heartbeat
+      // every 5 ticks: well within the 30 ticks that count them alive.
+      learnerHeartbeatEvery: 5,
       random: Math.random,
       maxSizePerMsg: 1 << 20,
       maxInflightMsgs: 256,

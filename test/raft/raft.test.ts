@@ -1069,6 +1069,20 @@ t.test("appends are merged only where the follower would do the same with both",
   t.same(payloads(net.node("n3").applied), ["a", "b", "c", "d", "e"]);
 });
 
+t.test("learnerHeartbeatEvery: learners get every n-th heartbeat, voters all of them", async (t) => {
+  const net = new Network(["n1", "n2"], { learners: ["n3"], config: { learnerHeartbeatEvery: 3 } });
+  net.elect("n1");
+  const mark = net.sent.length;
+  net.tick(["n1"], 6);
+  const beats = net.sentBy("n1", mark).filter((m) => m.type === "heartbeat");
+  t.equal(beats.filter((m) => m.to === "n2").length, 6, "the voter: every tick");
+  t.equal(beats.filter((m) => m.to === "n3").length, 2, "the learner: every third");
+  // A learner still catches up from appends alone.
+  net.rn("n1").propose(enc.encode("x"));
+  net.stabilize();
+  t.same(payloads(net.node("n3").applied), ["x"]);
+});
+
 t.test("flow control: a window of lost appends is recovered at the next heartbeat", async (t) => {
   const net = new Network(["n1", "n2", "n3"], { config: { maxInflightMsgs: 1 } });
   net.elect("n1");
