@@ -23,7 +23,9 @@
 // realistic image built from Debian packages and a small image on one host.
 // Every configuration of every point pulls an image of its own (fresh random
 // layers, or a variant of the Debian layers with a file of random bytes
-// each), pushed just before its run: every run starts cold. `sync` runs
+// each), pushed just before its run: no layer is cached anywhere. The
+// daemons are warm: each test bed first pulls a small image through every
+// configuration, untimed, as a host that has been up a while. `sync` runs
 // (untimed) before each run, so that no run pays for another's dirty pages.
 //
 // Per point and configuration: the time from the start of the pulls until
@@ -281,7 +283,8 @@ class Bed {
 
   static async up(n: number, rateMbit: number, workers: number, extraAgentArgs: readonly string[]): Promise<Bed> {
     const t0 = performance.now();
-    const lh = await LocalHosts.up({ n, rateMbit, containerd: true, agentArgs: ["--pull-workers", String(workers), ...extraAgentArgs] });
+    // The agents' own default tick (100 ms), as users run them.
+    const lh = await LocalHosts.up({ n, rateMbit, containerd: true, tickMs: 100, agentArgs: ["--pull-workers", String(workers), ...extraAgentArgs] });
     const bed = new Bed(lh, workers);
     try {
       for (const h of lh.hosts) {
@@ -545,6 +548,30 @@ function summarize(runs: readonly RunResult[]): ConfigSummary {
   };
 }
 
+/**
+ * One untimed pull of a small image through every configuration of a test
+ * bed before its points: daemons in use are warm (the agents' code compiled
+ * by the JIT, containerd's and the registry's connections and caches), as
+ * they are on a host that has been up for a while, and no configuration's
+ * first point pays for a cold start the others do not.
+ */
+async function warmUp(bed: Bed, configs: readonly ConfigName[], work: string): Promise<void> {
+  const t0 = performance.now();
+  for (const config of configs) {
+    const img = await syntheticImage(join(work, "warm-up"), { layers: 5, layerBytes: 200_000, filesPerLayer: 2 });
+    const repo = `bench/warm${++imageCounter}`;
+    const logOffset = await push(bed, img, repo);
+    rmSync(img.layout, { recursive: true, force: true });
+    const ref = `${bed.lh.registryHost}/${repo}:1`;
+    try {
+      await runConfig(bed, config, img, ref, work, logOffset);
+    } finally {
+      await cleanup(bed, config, ref);
+    }
+  }
+  console.log(`  warm-up: a 1 MB image through ${configs.join(", ")} (untimed, ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+}
+
 // ---------------------------------------------------------------- images
 
 let debian: DebianLayers | undefined;
@@ -636,6 +663,7 @@ async function main(): Promise<void> {
       active = bed;
       console.log(`\n== ${first.hosts} hosts, ${first.workers} pull workers each (up in ${bed.upSeconds.toFixed(1)} s; the idle agents use ${bed.idleAgentCores} cores)`);
       try {
+        await warmUp(bed, [...new Set(points.flatMap(([, p]) => p.configs))], work);
         for (const [pk, p] of points) {
           if (stopping) throw new Error("interrupted");
           const runs = new Map<ConfigName, RunResult[]>(p.configs.map((c) => [c, []]));

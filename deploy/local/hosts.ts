@@ -38,6 +38,8 @@ export interface LocalHostsOptions {
   readonly agentArgs?: readonly string[] | ((net: string) => readonly string[]);
   /** Voters of the Raft group (default min(3, n)). */
   readonly voters?: number;
+  /** The agents' Raft tick (default 50 ms: twice the agent's own default, for quick fail-overs in tests). */
+  readonly tickMs?: number;
   /** The registry's storage (a `data` dir another registry filled); default: a new, empty one. */
   readonly registryData?: string;
   /**
@@ -282,7 +284,7 @@ export class LocalHosts {
       "--voters",
       String(this.opts.voters ?? Math.min(3, this.opts.n)),
       "--tick-ms",
-      "50",
+      String(this.opts.tickMs ?? 50),
       ...(typeof this.opts.agentArgs === "function" ? this.opts.agentArgs(this.net) : (this.opts.agentArgs ?? [])),
     ];
     host.agentLog = "";
