@@ -230,6 +230,30 @@ async function snapshotCalls(cd: Containerd, top: string, n: number, prefix: str
   return out;
 }
 
+/**
+ * Stat of the image's chain id sent straight to the agent's snapshotter
+ * socket, without containerd in between: the agent's gRPC round trip alone
+ * (`n` calls after 20 to warm up; ms each).
+ */
+async function agentStats(sock: string, top: string, n: number): Promise<number[]> {
+  const pkg = grpc.loadPackageDefinition(loadSnapshotsDefinition());
+  let svc: any = pkg;
+  for (const part of SNAPSHOTS_SERVICE.split(".")) svc = svc[part];
+  const client = new (svc as grpc.ServiceClientConstructor)(`unix://${sock}`, grpc.credentials.createInsecure()) as any;
+  const out: number[] = [];
+  try {
+    for (let i = 0; i < n + 20; i++) {
+      const t0 = performance.now();
+      await new Promise<void>((resolve, reject) => client.Stat({ key: top }, (err: Error | null) => (err ? reject(err) : resolve())));
+      if (i >= 20) out.push(performance.now() - t0);
+      await sleep(10);
+    }
+  } finally {
+    client.close();
+  }
+  return out;
+}
+
 function stopAgent(p: Proc): Promise<void> {
   if (p.child.exitCode !== null || p.child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
@@ -334,6 +358,8 @@ async function main(): Promise<void> {
         });
         console.log(`${rpc.padEnd(12)}${cells.join("")}`);
       }
+      const direct = stats(await agentStats(sock, topChainID(cd, "wharf"), RUNS * 5));
+      console.log(`\nStat sent straight to the agent's socket (no containerd): p50 ${direct.p50Ms.toFixed(2)} ms, mean ${direct.meanMs.toFixed(2)} ms`);
     }
     // Each pair ran back to back: the median of their differences is less
     // exposed to the machine's load changing during the run.
