@@ -33,6 +33,12 @@ export interface Config {
    * a few voters and many learners, most heartbeats are theirs.
    */
   readonly learnerHeartbeatEvery?: number;
+  /**
+   * Merge a message into the last one queued for the same peer where the
+   * peer would do exactly the same with one as with both (see queue()).
+   * Default false: messages as etcd's raft sends them.
+   */
+  readonly mergeMessages?: boolean;
   /** A uniform random number in [0, 1): the only source of randomness (election jitter). */
   readonly random: () => number;
   /** Index already applied by the state machine on restart (default: the snapshot's index). */
@@ -91,6 +97,7 @@ export class Raft {
   /** Periodic heartbeats sent by this leader (learners get every learnerHeartbeatEvery-th). */
   private beats = 0;
   private readonly learnerHeartbeatEvery: number;
+  private readonly mergeMessages: boolean;
   private randomizedElectionTimeout = 0;
   private readonly electionTimeout: number;
   private readonly heartbeatTimeout: number;
@@ -114,6 +121,7 @@ export class Raft {
     this.electionTimeout = c.electionTick;
     this.heartbeatTimeout = c.heartbeatTick;
     this.learnerHeartbeatEvery = Math.max(1, c.learnerHeartbeatEvery ?? 1);
+    this.mergeMessages = c.mergeMessages ?? false;
     this.maxSizePerMsg = c.maxSizePerMsg ?? 1 << 20;
     this.maxCommittedSizePerReady = c.maxCommittedSizePerReady ?? 8 << 20;
     this.preVote = c.preVote ?? true;
@@ -178,15 +186,16 @@ export class Raft {
   }
 
   /**
-   * Queues a message, merged into the last one queued for the same peer when
-   * the peer would do exactly the same with one message as with both: an
+   * Queues a message. With mergeMessages, it is merged into the last one
+   * queued for the same peer when the peer would do exactly the same with
+   * one message as with both: an
    * append that continues the previous append (the leader appends once per
    * proposal and again for each commit advance; a burst of proposals would
    * otherwise cost a message per entry per follower), or forwarded
    * proposals of ordinary entries. Messages to a peer keep their order.
    */
   private queue(m: Message): void {
-    for (let i = this.msgs.length - 1; i >= 0; i--) {
+    for (let i = this.mergeMessages ? this.msgs.length - 1 : -1; i >= 0; i--) {
       const prev = this.msgs[i]!;
       if (prev.to !== m.to) continue;
       const merged = mergeMessages(prev, m, this.maxSizePerMsg);

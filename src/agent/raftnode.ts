@@ -75,6 +75,8 @@ export class RaftNode {
       // Learners (every member past the first few voters) hear a heartbeat
       // every 5 ticks: well within the 30 ticks that count them alive.
       learnerHeartbeatEvery: 5,
+      // A burst of proposals goes to each follower as one append, not one per entry.
+      mergeMessages: true,
       random: Math.random,
       maxSizePerMsg: 1 << 20,
       maxInflightMsgs: 256,

@@ -1028,16 +1028,16 @@ t.test("flow control: at most maxInflightMsgs appends in flight to a follower", 
   const toN2 = rd.messages.filter((m) => m.to === "n2" && m.type === "app");
   t.same(
     toN2.map((m) => ids(m.entries ?? [])),
-    [[[3, 2], [4, 2]]],
-    "two appends (sent as one message), then the window is full",
+    [[[3, 2]], [[4, 2]]],
+    "two appends of one entry each, then the window is full",
   );
   t.equal(net.rn("n1").status().progress.get("n2")?.next, 5);
   net.stabilize();
   t.same(payloads(net.node("n2").applied), ["a", "b", "c", "d", "e"], "acknowledgements reopen the window");
 });
 
-t.test("a burst of proposals goes to each follower as one append; a follower forwards it as one proposal", async (t) => {
-  const net = new Network(["n1", "n2", "n3"]);
+t.test("mergeMessages: a burst of proposals goes to each follower as one append; a follower forwards it as one proposal", async (t) => {
+  const net = new Network(["n1", "n2", "n3"], { config: { mergeMessages: true } });
   net.elect("n1");
   for (const x of ["a", "b", "c"]) net.rn("n1").propose(enc.encode(x));
   const rd = net.handle("n1");
@@ -1051,8 +1051,8 @@ t.test("a burst of proposals goes to each follower as one append; a follower for
   for (const id of ["n1", "n2", "n3"]) t.same(payloads(net.node(id).applied), ["a", "b", "c", "d", "e"], `${id} applied all, in order`);
 });
 
-t.test("appends are merged only where the follower would do the same with both", async (t) => {
-  const net = new Network(["n1", "n2", "n3"], { config: { maxSizePerMsg: 60 } });
+t.test("mergeMessages: appends are merged only where the follower would do the same with both", async (t) => {
+  const net = new Network(["n1", "n2", "n3"], { config: { maxSizePerMsg: 60, mergeMessages: true } });
   net.elect("n1");
   // A message of another kind to the same peer in between keeps them apart.
   net.rn("n1").propose(enc.encode("a"));
@@ -1081,6 +1081,16 @@ t.test("learnerHeartbeatEvery: learners get every n-th heartbeat, voters all of 
   net.rn("n1").propose(enc.encode("x"));
   net.stabilize();
   t.same(payloads(net.node("n3").applied), ["x"]);
+});
+
+t.test("mergeMessages: merged appends still count against the window of appends in flight", async (t) => {
+  const net = new Network(["n1", "n2", "n3"], { config: { maxInflightMsgs: 2, mergeMessages: true } });
+  net.elect("n1");
+  for (const x of ["a", "b", "c", "d", "e"]) net.rn("n1").propose(enc.encode(x));
+  const toN2 = net.handle("n1").messages.filter((m) => m.to === "n2" && m.type === "app");
+  t.same(toN2.map((m) => ids(m.entries ?? [])), [[[3, 2], [4, 2]]], "two appends (one message), then the window is full");
+  net.stabilize();
+  t.same(payloads(net.node("n2").applied), ["a", "b", "c", "d", "e"]);
 });
 
 t.test("flow control: a window of lost appends is recovered at the next heartbeat", async (t) => {

@@ -263,6 +263,9 @@ export class Simulation {
   private readonly checkQuorum: boolean;
   private readonly maxSizePerMsg: number;
   private readonly maxInflightMsgs: number;
+  /** The agents' settings (merged messages, sparse learner heartbeats) or etcd's, from a stream of their own. */
+  private readonly mergeMessages: boolean;
+  private readonly learnerHeartbeatEvery: number;
   /** Whether the driver sends what it may before the disk write (both are valid drivers). */
   private readonly earlySend: boolean;
   /** Chance of a crash right after a Ready that changed the hard state. */
@@ -292,6 +295,9 @@ export class Simulation {
     this.maxInflightMsgs = this.rng.pick([1, 4, 64]);
     this.crashiness = this.rng.pick([0.005, 0.02, 0.05]);
     this.earlySend = this.rng.chance(0.5);
+    const knobs = new Prng(opts.seed + 7919);
+    this.mergeMessages = knobs.chance(0.5);
+    this.learnerHeartbeatEvery = knobs.pick([1, 5]);
     const voters = this.rng.pick([1, 3, 3, 3, 5]);
     const ids: NodeId[] = [];
     for (let i = 0; i < voters; i++) ids.push(this.newNodeId());
@@ -339,6 +345,8 @@ export class Simulation {
       random: () => n.jitter.float(),
       maxSizePerMsg: this.maxSizePerMsg,
       maxInflightMsgs: this.maxInflightMsgs,
+      mergeMessages: this.mergeMessages,
+      learnerHeartbeatEvery: this.learnerHeartbeatEvery,
       preVote: this.preVote,
       checkQuorum: this.checkQuorum,
       ...(this.opts.bugs ? { bugs: this.opts.bugs } : {}),
