@@ -182,6 +182,14 @@ function topChainID(cd: Containerd, sn: Sn): string {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** A client of the snapshots API served on the unix socket `socket` (containerd's, or the agent's). */
+function snapshotsClient(socket: string): any {
+  const pkg = grpc.loadPackageDefinition(loadSnapshotsDefinition());
+  let svc: any = pkg;
+  for (const part of SNAPSHOTS_SERVICE.split(".")) svc = svc[part];
+  return new (svc as grpc.ServiceClientConstructor)(`unix://${socket}`, grpc.credentials.createInsecure());
+}
+
 /**
  * The snapshot calls of one `ctr run` (Stat of the image's chain id, Prepare
  * of the container's snapshot on it, Mounts twice, Remove), made directly on
@@ -189,10 +197,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  * alternating, a pause after each Remove so that containerd's GC is done.
  */
 async function snapshotCalls(cd: Containerd, top: string, n: number, prefix: string): Promise<Record<Sn, Map<string, number[]>>> {
-  const pkg = grpc.loadPackageDefinition(loadSnapshotsDefinition());
-  let svc: any = pkg;
-  for (const part of SNAPSHOTS_SERVICE.split(".")) svc = svc[part];
-  const client = new (svc as grpc.ServiceClientConstructor)(`unix://${cd.socket}`, grpc.credentials.createInsecure()) as any;
+  const client = snapshotsClient(cd.socket);
   // Under a lease, as ctr run's calls are: containerd's GC removes snapshots that nothing references.
   const lease = `${prefix}-calls`;
   const l = cd.ctr(["leases", "create", "--id", lease, "--expires", "10m"]);
@@ -236,10 +241,7 @@ async function snapshotCalls(cd: Containerd, top: string, n: number, prefix: str
  * (`n` calls after 20 to warm up; ms each).
  */
 async function agentStats(sock: string, top: string, n: number): Promise<number[]> {
-  const pkg = grpc.loadPackageDefinition(loadSnapshotsDefinition());
-  let svc: any = pkg;
-  for (const part of SNAPSHOTS_SERVICE.split(".")) svc = svc[part];
-  const client = new (svc as grpc.ServiceClientConstructor)(`unix://${sock}`, grpc.credentials.createInsecure()) as any;
+  const client = snapshotsClient(sock);
   const out: number[] = [];
   try {
     for (let i = 0; i < n + 20; i++) {

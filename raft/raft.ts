@@ -188,11 +188,11 @@ export class Raft {
   /**
    * Queues a message. With mergeMessages, it is merged into the last one
    * queued for the same peer when the peer would do exactly the same with
-   * one message as with both: an
-   * append that continues the previous append (the leader appends once per
-   * proposal and again for each commit advance; a burst of proposals would
-   * otherwise cost a message per entry per follower), or forwarded
-   * proposals of ordinary entries. Messages to a peer keep their order.
+   * one message as with both: an append that continues the previous append
+   * (the leader appends once per proposal and again for each commit
+   * advance; a burst of proposals would otherwise cost a message per entry
+   * per follower), or forwarded proposals of ordinary entries. Messages to
+   * a peer keep their order.
    */
   private queue(m: Message): void {
     for (let i = this.mergeMessages ? this.msgs.length - 1 : -1; i >= 0; i--) {
@@ -880,15 +880,15 @@ function mergeMessages(a: Message, b: Message, maxBytes: number): Message | unde
   if (a.type !== b.type || a.from !== b.from || a.term !== b.term) return undefined;
   const ae = a.entries ?? [];
   const be = b.entries ?? [];
+  if (a.type === "app") {
+    const lastTerm = ae.length > 0 ? ae[ae.length - 1]!.term : a.logTerm;
+    if (b.index !== (a.index ?? 0) + ae.length || b.logTerm !== lastTerm) return undefined;
+  } else if (a.type !== "prop" || ![...ae, ...be].every((e) => e.type === "normal")) {
+    return undefined;
+  }
   let bytes = 0;
   for (const e of ae) bytes += entrySize(e);
   for (const e of be) bytes += entrySize(e);
   if (bytes > maxBytes) return undefined;
-  if (a.type === "app") {
-    const lastTerm = ae.length > 0 ? ae[ae.length - 1]!.term : a.logTerm;
-    if (b.index !== (a.index ?? 0) + ae.length || b.logTerm !== lastTerm) return undefined;
-    return { ...a, entries: [...ae, ...be], commit: Math.max(a.commit ?? 0, b.commit ?? 0) };
-  }
-  if (a.type === "prop" && [...ae, ...be].every((e) => e.type === "normal")) return { ...a, entries: [...ae, ...be] };
-  return undefined;
+  return a.type === "app" ? { ...a, entries: [...ae, ...be], commit: Math.max(a.commit ?? 0, b.commit ?? 0) } : { ...a, entries: [...ae, ...be] };
 }

@@ -257,7 +257,7 @@ export class Agent {
   async registerInContainerd(
     img: ResolvedImage,
     to: { socket: string; namespace: string; snapshotter: string },
-    present: (i: number) => Promise<void> = async () => {},
+    present: (i: number) => Promise<void>,
   ): Promise<void> {
     const t0 = performance.now();
     const layers = img.layers.map((l) => ({ diffID: l.diffID, blob: l.digest, size: l.size, mediaType: l.mediaType }));
@@ -267,7 +267,7 @@ export class Agent {
     const pinned: string[] = [];
     const pins = names.map(async (name, i) => {
       await present(i);
-      if (own) pinned.push(...(await own.remote.pin([name], [diffIDs[i]!])));
+      if (own && (await own.remote.pin(name, diffIDs[i]!))) pinned.push(name);
     });
     for (const p of pins) p.catch(() => {});
     const c = new ContainerdClient(to.socket, to.namespace);

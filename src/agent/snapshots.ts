@@ -73,15 +73,13 @@ export class RemoteLayers {
   }
 
   /**
-   * Pins, all at once, the snapshots `wharf pull --containerd` is about to
-   * prepare one after another (the image is held, so its layers are
-   * present): each Prepare then finds its hold in place and proposes
-   * nothing. Returns the names it pinned, for `unpin` if registering fails.
+   * Pins the snapshot `name` of a present layer before `wharf pull
+   * --containerd` prepares it: the Prepare then finds its hold in place and
+   * proposes nothing. True if this call pinned it (for `unpin` if
+   * registering fails); false if it was pinned already or the layer went away.
    */
-  async pin(names: readonly string[], diffIDs: readonly string[]): Promise<string[]> {
-    const todo = names.map((n, i) => [n, diffIDs[i]!] as const).filter(([n, d]) => !this.held(n, d));
-    const ok = await Promise.all(todo.map(([n, d]) => this.holdOnce(n, d)));
-    return todo.filter((_, i) => ok[i]).map(([n]) => n);
+  async pin(name: string, diffID: string): Promise<boolean> {
+    return !this.held(name, diffID) && (await this.holdOnce(name, diffID));
   }
 
   /** Releases the pins of `pin` whose snapshot was never made (`exists` says which were). */

@@ -45,19 +45,20 @@ export function chainIDs(diffIDs: readonly string[]): string[] {
  * top snapshot and its parents), creates the image record, and prepares each
  * layer's snapshot with the remote-snapshotter labels: our snapshotter
  * commits the shared layer under its chain id and answers "already exists".
+ * The snapshot of layer i is prepared once `ready(i)` resolves (the layer
+ * is in the shared store), in chain order.
  */
 export function registerImage(
   c: ContainerdClient,
   snapshotter: string,
   img: RegisteredImage,
-  ready: (i: number) => Promise<void> = async () => {},
+  ready: (i: number) => Promise<void>,
 ): Promise<string[]> {
   // Under a lease, as containerd's own pull: a GC pass in between must not
   // collect the content or snapshots before the image record holds them.
   return c.withLease(() => register(c, snapshotter, img, ready));
 }
 
-/** As registerImage; the snapshot of layer i is prepared once `ready(i)` resolves. */
 async function register(c: ContainerdClient, snapshotter: string, img: RegisteredImage, ready: (i: number) => Promise<void>): Promise<string[]> {
   const chain = chainIDs(img.layers.map((l) => l.diffID));
   const top = chain.at(-1);
