@@ -10,6 +10,8 @@ import { type ProxyFault, startProxy } from "../helpers/registry.js";
 
 const [target, listen] = process.argv.slice(2) as [string, string];
 const proxy = await startProxy(target, { listen });
+/** Times leave this process on the wall clock (ms since the epoch), which the runner shares. */
+const epoch = (t: number | undefined): number | undefined => (t === undefined ? undefined : performance.timeOrigin + t);
 type Msg = { id: number; op: "fault"; fault: ProxyFault } | { id: number; op: "stats"; digests: string[] } | { id: number; op: "clear" };
 
 process.on("message", (m: Msg) => {
@@ -21,7 +23,7 @@ process.on("message", (m: Msg) => {
   } else if (m.op === "stats") {
     const gets = proxy.requests().filter((r) => r.method === "GET");
     const requests = Object.fromEntries(
-      m.digests.map((d) => [d, gets.filter((r) => r.url.includes(d)).map((r) => ({ client: r.client, range: r.range, status: r.status, sent: r.sent ?? 0, start: r.start, end: r.end }))]),
+      m.digests.map((d) => [d, gets.filter((r) => r.url.includes(d)).map((r) => ({ client: r.client, range: r.range, status: r.status, sent: r.sent ?? 0, start: epoch(r.start), end: epoch(r.end) }))]),
     );
     process.send!({ id: m.id, served: proxy.bytesServed(), perBlob: Object.fromEntries(m.digests.map((d) => [d, proxy.blobBytesServed(d)])), requests });
   }

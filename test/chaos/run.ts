@@ -180,23 +180,31 @@ class ProxyChild {
   }
 }
 
-interface BlobGet {
+export interface BlobGet {
   client: string;
   range?: string;
   status?: number;
   /** Body bytes the proxy sent. */
   sent: number;
+  /** Wall clock (ms since the epoch). */
   start?: number;
   /** Unset while the response is still open. */
   end?: number;
 }
 
-/** Two GETs of one blob, from two hosts, whose responses were open at once: two masters at once. */
-function overlapping(gets: readonly BlobGet[]): [BlobGet, BlobGet] | undefined {
+/**
+ * Two GETs of one blob, from two hosts, whose responses were open at once
+ * while both hosts' agents were alive: two masters at once. `killed` holds,
+ * per host address, when its agent was SIGKILLed: the proxy sees a dead
+ * master's response open until the host's kernel answers the next segment
+ * with a reset, which a shaped link delays by seconds, but nobody reads it.
+ */
+export function overlapping(gets: readonly BlobGet[], killed: ReadonlyMap<string, readonly number[]>): [BlobGet, BlobGet] | undefined {
+  const deadBy = (g: BlobGet, t: number): boolean => (killed.get(g.client) ?? []).some((k) => k >= g.start! && k <= t);
   for (const a of gets) {
     for (const b of gets) {
       if (a === b || a.client === b.client || a.start === undefined || b.start === undefined) continue;
-      if (a.start <= b.start && b.start < (a.end ?? Infinity)) return [a, b];
+      if (a.start <= b.start && b.start < (a.end ?? Infinity) && !deadBy(a, b.start)) return [a, b];
     }
   }
   return undefined;
@@ -279,6 +287,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
       while (kinds.size < nFaults) kinds.add(rng.pick(FAULT_KINDS));
       // A host that was killed or left during the round: its pull may be cut short.
       const disrupted = new Set<string>();
+      // Host address → when its agent was SIGKILLed, this round (wall clock).
+      const killed = new Map<string, number[]>();
       // Hosts that left the cluster (and joined again as a new member) during the round.
       const rejoined = new Set<string>();
       log(`round ${round}: ${img.repo} on ${H.hosts.length} hosts; faults: ${[...kinds].join(", ")}`);
@@ -353,6 +363,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
           sum.kills++;
           disrupted.add(victim.name);
           await H.killAgent(victim);
+          killed.set(victim.addr, [...(killed.get(victim.addr) ?? []), Date.now()]);
           const down = rng.int(300, 2500);
           restores.push(sleep(down).then(() => H.restartAgent(victim)));
         } else if (kind === "partition") {
@@ -526,7 +537,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
         const served = bytesAfter[l.digest]! - bytesBefore[l.digest]!;
         const gets = (getsAfter[l.digest] ?? []).slice(getsBefore[l.digest]?.length ?? 0);
         const show = (g: BlobGet) => `${g.client}${g.range ? ` ${g.range}` : ""} → ${g.status ?? "-"} ${g.sent} B`;
-        const both = overlapping(gets);
+        const both = overlapping(gets, killed);
         if (both) {
           sum.duplicateDownloads++;
           fail(round, `blob ${l.digest.slice(7, 19)} fetched by two masters at once: ${both.map(show).join(" and ")}`);
