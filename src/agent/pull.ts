@@ -1,9 +1,11 @@
 // Cooperative pulls (Wharf's protocol on Raft).
 //
-// For each layer of an image the agent proposes a claim; the replicated state
-// answers present, pulled by another agent (we wait for its commit, woken by
-// apply events), queued (no worker free here: an idle agent anywhere may take
-// it), or master with a fencing attempt. A master downloads into the shared
+// For each layer of an image the agent proposes a claim, unless its applied
+// state already shows another master pulling it under a live lease (it then
+// waits for that commit without a proposal); the replicated state answers
+// present, pulled by another agent (we wait for its commit, woken by apply
+// events), queued (no worker free here: an idle agent anywhere may take it),
+// or master with a fencing attempt. A master downloads into the shared
 // store (resuming a partial blob left by an earlier master), extracts into a
 // temp dir, renames it into place, and commits with its attempt; a master
 // whose lease ran out cannot commit. A second local request for a layer this
@@ -169,13 +171,15 @@ export class Puller {
     const platform = opts.platform ?? this.o.platform;
     const img = await this.o.registry.resolve(ref, { signal, ...(platform ? { platform } : {}) });
     emit({ type: "resolved", reference: img.reference, manifestDigest: img.manifestDigest, layers: img.layers.map((l) => ({ digest: l.digest, size: l.size })) });
-    await this.o.store.putBlob(img.manifestDigest, img.manifest);
-    await this.o.store.putBlob(img.configDigest, img.config);
+    // Written beside the layer pulls (two fsyncs each, hosts all at once on
+    // one shared store); the image is held only once they are in place.
+    const stored = Promise.all([this.o.store.putBlob(img.manifestDigest, img.manifest), this.o.store.putBlob(img.configDigest, img.config)]);
+    stored.catch(() => {});
     const repository = formatReference({ registry: img.repository.registry, repository: img.repository.repository });
     const present = img.layers.map(() => Promise.withResolvers<void>());
     for (const p of present) p.promise.catch(() => {});
     const beside = opts.alongside?.(img, (i) => present[i]!.promise);
-    const held = this.holdImage(img, repository, signal, emit, present).catch((e: unknown) => {
+    const held = this.holdImage(img, repository, signal, emit, present, stored).catch((e: unknown) => {
       // Whatever `alongside` still waits for will not come.
       for (const p of present) p.reject(e);
       throw e;
@@ -193,13 +197,14 @@ export class Puller {
     };
   }
 
-  /** Every layer of `img` present, then the image held by this agent. */
+  /** Every layer of `img` present and its manifest and config `stored`, then the image held by this agent. */
   private async holdImage(
     img: ResolvedImage,
     repository: string,
     signal: AbortSignal,
     emit: (e: PullEvent) => void,
     present: readonly PromiseWithResolvers<void>[],
+    stored: Promise<unknown>,
   ): Promise<{ outcomes: LayerOutcome[]; fetched: number }> {
     let outcomes: LayerOutcome[] = [];
     let fetched = 0;
@@ -238,6 +243,7 @@ export class Puller {
           }
         }),
       );
+      await stored;
       const held = await this.send(
         {
           type: "image.hold",
@@ -286,6 +292,22 @@ export class Puller {
           }
           continue;
         }
+        // Being pulled by another master with a live lease, as far as this
+        // agent has applied: wait without a proposal of our own, and take the
+        // commit we see applied as the answer (a claim would only say so, and
+        // every agent of a large cluster making two per layer cost the
+        // cluster more CPU than the pull). A master that dies is claimed from
+        // here once its lease ends.
+        const st = this.o.node.state;
+        const known = st.layers.get(diffID);
+        if (waited && known?.state === "present") return this.found(digest, source.size, known.by, true, emit);
+        const pulling = st.transfers.get(diffID);
+        if (pulling && pulling.owner !== "" && pulling.owner !== this.o.id && st.leaseValid(pulling.owner, Date.now())) {
+          waited = true;
+          await this.waitFor(diffID, false, st.leases.get(pulling.owner), signal);
+          this.throwIfFailed(diffID, startedAt);
+          continue;
+        }
         const worker = this.tryWorker();
         let answer: ClaimAnswer;
         try {
@@ -304,12 +326,7 @@ export class Puller {
           continue;
         }
         if (worker) this.releaseWorker();
-        const layer = this.o.node.state.layers.get(diffID);
-        if (answer.kind === "present") {
-          const by = layer?.by ?? "";
-          emit({ type: "layer", digest, status: waited ? "done" : "present", total: source.size, by });
-          return waited ? { outcome: "waited", by, fetched: 0 } : { outcome: "present", by, fetched: 0 };
-        }
+        if (answer.kind === "present") return this.found(digest, source.size, st.layers.get(diffID)?.by ?? "", waited, emit);
         if (answer.kind === "pulling" || answer.kind === "queued") waited = true;
         if (answer.kind === "deleting" && answer.by === this.o.id) {
           throw new WharfError("BUSY", `layer ${diffID} is being deleted by this agent`);
@@ -318,14 +335,22 @@ export class Puller {
         // worker here (queued), or the owner's lease to run out.
         const until = answer.kind === "pulling" || answer.kind === "deleting" ? answer.leaseUntil : undefined;
         await this.waitFor(diffID, answer.kind === "queued", until, signal);
-        const f = this.o.node.state.failures.get(diffID);
-        if (f && f.at >= startedAt - 1000 && !this.o.node.state.transfers.has(diffID)) {
-          throw new WharfError(asErrorCode(f.code), f.message);
-        }
+        this.throwIfFailed(diffID, startedAt);
       }
     } finally {
       this.events.off(`hint:${diffID}`, onHint);
     }
+  }
+
+  private found(digest: string, size: number, by: string, waited: boolean, emit: (e: PullEvent) => void): LayerOutcome {
+    emit({ type: "layer", digest, status: waited ? "done" : "present", total: size, by });
+    return { outcome: waited ? "waited" : "present", by, fetched: 0 };
+  }
+
+  /** The layer failed for good (its content's fault) since this wait began: every waiter fails with it. */
+  private throwIfFailed(diffID: string, startedAt: number): void {
+    const f = this.o.node.state.failures.get(diffID);
+    if (f && f.at >= startedAt - 1000 && !this.o.node.state.transfers.has(diffID)) throw new WharfError(asErrorCode(f.code), f.message);
   }
 
   private claim(diffID: string, source: LayerSource, how: { queued: boolean; steal?: boolean }, signal: AbortSignal): Promise<ClaimAnswer> {
