@@ -21,7 +21,8 @@
 // every reader (stat, list, mounts, usage, parents of active snapshots and
 // views); remove forgets them without touching their directory.
 
-import { lchown, lstat, mkdir, mkdtemp, opendir, readdir, rename, rm, stat as fsStat } from "node:fs/promises";
+import { existsSync, lchownSync, mkdirSync, mkdtempSync, renameSync, statSync } from "node:fs";
+import { lstat, mkdir, opendir, readdir, rm, stat as fsStat } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
 import { ClassicLevel } from "classic-level";
 import { type Logger, pino } from "pino";
@@ -180,6 +181,12 @@ export class OverlaySnapshotter implements Snapshotter {
   private readonly chains = new Map<string, readonly string[]>();
   /** Counts removals: a chain read while one happened is not cached. */
   private removals = 0;
+  /**
+   * Every record, as LevelDB holds it (loaded at open, updated after each
+   * batch is written): containerd asks Stat and Mounts on every container
+   * start, and a LevelDB read is a round trip through the thread pool.
+   */
+  private readonly records = new Map<string, SnapshotRecord>();
 
   private constructor(
     /** Local directory holding `metadata/` and `snapshots/`. */
@@ -198,6 +205,7 @@ export class OverlaySnapshotter implements Snapshotter {
     await db.open();
     const s = new OverlaySnapshotter(root, db, opts);
     s.seq = Number((await db.get(SEQ)) ?? "0");
+    for await (const [k, v] of db.iterator({ gte: SNAP, lt: "s0" })) s.records.set(k.slice(SNAP.length), JSON.parse(v) as SnapshotRecord);
     return s;
   }
 
@@ -218,14 +226,13 @@ export class OverlaySnapshotter implements Snapshotter {
     if (this.closed) throw new WharfError("SHUTTING_DOWN", "the snapshotter is closed");
   }
 
-  private async get(name: string): Promise<SnapshotRecord | undefined> {
-    const v = await this.db.get(snapKey(name));
-    return v === undefined ? undefined : (JSON.parse(v) as SnapshotRecord);
+  private get(name: string): SnapshotRecord | undefined {
+    return this.records.get(name);
   }
 
-  private async must(name: string): Promise<SnapshotRecord> {
+  private must(name: string): SnapshotRecord {
     this.checkOpen();
-    const r = await this.get(name);
+    const r = this.get(name);
     if (!r) throw new WharfError("NOT_FOUND", `snapshot ${JSON.stringify(name)} does not exist`);
     return r;
   }
@@ -242,9 +249,9 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   /** A parent must exist (NOT_FOUND) and be committed (INVALID_ARGUMENT). */
-  private async checkParent(parent: string): Promise<SnapshotRecord | undefined> {
+  private checkParent(parent: string): SnapshotRecord | undefined {
     if (parent === "") return undefined;
-    const p = await this.get(parent);
+    const p = this.get(parent);
     if (!p) throw new WharfError("NOT_FOUND", `parent snapshot ${JSON.stringify(parent)} does not exist`);
     if (p.kind !== "committed") {
       throw new WharfError("INVALID_ARGUMENT", `parent ${JSON.stringify(parent)} is not a committed snapshot`);
@@ -262,7 +269,7 @@ export class OverlaySnapshotter implements Snapshotter {
     const cached = this.chains.get(parent);
     if (cached) return [...cached];
     const removals = this.removals;
-    const r = await this.get(parent);
+    const r = this.get(parent);
     if (!r) throw new WharfError("INTERNAL", `snapshot chain broken: parent ${JSON.stringify(parent)} is missing`);
     const dirs = [this.fsDir(r), ...(await this.lowerDirs(r.parent))];
     if (r.kind === "committed" && removals === this.removals) this.chains.set(parent, dirs);
@@ -297,11 +304,11 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   async stat(key: string): Promise<Info> {
-    return OverlaySnapshotter.info(key, await this.must(key));
+    return OverlaySnapshotter.info(key, this.must(key));
   }
 
   async mounts(key: string): Promise<Mount[]> {
-    return this.mountsOf(await this.must(key));
+    return this.mountsOf(this.must(key));
   }
 
   async prepare(key: string, parent: string, opts: SnapshotOptions = {}): Promise<Mount[]> {
@@ -331,9 +338,9 @@ export class OverlaySnapshotter implements Snapshotter {
    */
   private async tryRemote(key: string, parent: string, labels: Record<string, string>, ref: string): Promise<boolean> {
     this.checkOpen();
-    if (await this.get(key)) return false;
+    if (this.get(key)) return false;
     try {
-      await this.checkParent(parent);
+      this.checkParent(parent);
     } catch {
       return false;
     }
@@ -357,7 +364,7 @@ export class OverlaySnapshotter implements Snapshotter {
     }
     return this.lock.run(async () => {
       this.checkOpen();
-      const existing = await this.get(remote.name);
+      const existing = this.get(remote.name);
       if (existing) {
         // Already recorded (an earlier pull of the same chain): idempotent.
         if (existing.kind === "committed" && existing.parent === parent) return true;
@@ -365,7 +372,7 @@ export class OverlaySnapshotter implements Snapshotter {
         return false;
       }
       try {
-        await this.checkParent(parent);
+        this.checkParent(parent);
       } catch {
         return false;
       }
@@ -382,6 +389,7 @@ export class OverlaySnapshotter implements Snapshotter {
       const ops: Op[] = [{ type: "put", key: snapKey(remote.name), value: JSON.stringify(rec) }];
       if (parent !== "") ops.push({ type: "put", key: childKey(parent, remote.name), value: "" });
       await this.db.batch(ops, { sync: true });
+      this.records.set(remote.name, rec);
       this.committedUsage.delete(remote.name);
       this.log.debug({ name: remote.name, parent, dir: remote.dir }, "external snapshot recorded");
       return true;
@@ -391,22 +399,25 @@ export class OverlaySnapshotter implements Snapshotter {
   private async create(kind: "active" | "view", key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
     const rec = await this.lock.run(async () => {
       this.checkOpen();
-      if (await this.get(key)) throw new WharfError("ALREADY_EXISTS", `snapshot ${JSON.stringify(key)} already exists`);
-      const p = await this.checkParent(parent);
+      if (this.get(key)) throw new WharfError("ALREADY_EXISTS", `snapshot ${JSON.stringify(key)} already exists`);
+      const p = this.checkParent(parent);
       const id = String(this.seq + 1);
-      const tmp = await mkdtemp(join(this.snapshotsDir(), "new-"));
+      // The directories are made with synchronous calls: each takes
+      // microseconds on the local disk, less than a round trip through the
+      // thread pool, and a container start waits for all of them.
+      const tmp = mkdtempSync(join(this.snapshotsDir(), "new-"));
       const final = join(this.snapshotsDir(), id);
       try {
-        await mkdir(join(tmp, "fs"), { mode: 0o755 });
-        if (kind === "active") await mkdir(join(tmp, "work"), { mode: 0o700 });
+        mkdirSync(join(tmp, "fs"), { mode: 0o755 });
+        if (kind === "active") mkdirSync(join(tmp, "work"), { mode: 0o700 });
         if (p && kind === "active") {
           // The merged root takes its owner from the upper dir: keep the parent's.
-          const st = await fsStat(this.fsDir(p));
-          await lchown(join(tmp, "fs"), st.uid, st.gid);
+          const st = statSync(this.fsDir(p));
+          lchownSync(join(tmp, "fs"), st.uid, st.gid);
         }
         // A directory with this id can only be the orphan of a crash before its record was written.
-        await rm(final, { recursive: true, force: true });
-        await rename(tmp, final);
+        if (existsSync(final)) await rm(final, { recursive: true, force: true });
+        renameSync(tmp, final);
         const now = Date.now();
         const r: SnapshotRecord = { id, kind, parent, created: now, updated: now, labels };
         const ops: Op[] = [
@@ -415,6 +426,7 @@ export class OverlaySnapshotter implements Snapshotter {
         ];
         if (parent !== "") ops.push({ type: "put", key: childKey(parent, key), value: "" });
         await this.db.batch(ops, { sync: true });
+        this.records.set(key, r);
         this.seq += 1;
         return r;
       } catch (e) {
@@ -432,8 +444,8 @@ export class OverlaySnapshotter implements Snapshotter {
     validateLabels(labels);
     await this.lock.run(async () => {
       this.checkOpen();
-      if (await this.get(name)) throw new WharfError("ALREADY_EXISTS", `snapshot ${JSON.stringify(name)} already exists`);
-      const r = await this.must(key);
+      if (this.get(name)) throw new WharfError("ALREADY_EXISTS", `snapshot ${JSON.stringify(name)} already exists`);
+      const r = this.must(key);
       if (r.kind !== "active") throw new WharfError("FAILED_PRECONDITION", `snapshot ${JSON.stringify(key)} is not active`);
       const now = Date.now();
       const committed: SnapshotRecord = { ...r, kind: "committed", created: now, updated: now, labels };
@@ -445,6 +457,8 @@ export class OverlaySnapshotter implements Snapshotter {
         ops.push({ type: "del", key: childKey(r.parent, key) }, { type: "put", key: childKey(r.parent, name), value: "" });
       }
       await this.db.batch(ops, { sync: true });
+      this.records.delete(key);
+      this.records.set(name, committed);
       this.activeUsage.delete(key);
       this.committedUsage.delete(name);
     });
@@ -452,13 +466,14 @@ export class OverlaySnapshotter implements Snapshotter {
 
   async remove(key: string): Promise<void> {
     const r = await this.lock.run(async () => {
-      const r = await this.must(key);
+      const r = this.must(key);
       for await (const _ of this.db.keys({ gte: `${CHILD}${key}\0`, lt: `${CHILD}${key}\u0001`, limit: 1 })) {
         throw new WharfError("FAILED_PRECONDITION", `snapshot ${JSON.stringify(key)} has children`);
       }
       const ops: Op[] = [{ type: "del", key: snapKey(key) }];
       if (r.parent !== "") ops.push({ type: "del", key: childKey(r.parent, key) });
       await this.db.batch(ops, { sync: false });
+      this.records.delete(key);
       this.removals += 1;
       this.chains.delete(key);
       this.activeUsage.delete(key);
@@ -478,7 +493,7 @@ export class OverlaySnapshotter implements Snapshotter {
   async update(info: Pick<Info, "name" | "labels">, fieldpaths: readonly string[] = []): Promise<Info> {
     validateName("name", info.name);
     return this.lock.run(async () => {
-      const r = await this.must(info.name);
+      const r = this.must(info.name);
       let labels: Record<string, string> = { ...r.labels };
       if (fieldpaths.length === 0) labels = { ...info.labels };
       for (const path of fieldpaths) {
@@ -497,12 +512,13 @@ export class OverlaySnapshotter implements Snapshotter {
       validateLabels(labels);
       const updated: SnapshotRecord = { ...r, labels, updated: Date.now() };
       await this.db.batch([{ type: "put", key: snapKey(info.name), value: JSON.stringify(updated) }], { sync: true });
+      this.records.set(info.name, updated);
       return OverlaySnapshotter.info(info.name, updated);
     });
   }
 
   async usage(key: string, opts: Signalled = {}): Promise<Usage> {
-    const r = await this.must(key);
+    const r = this.must(key);
     if (r.kind === "view") return { size: 0, inodes: 0 };
     const dir = this.fsDir(r);
     if (r.kind === "committed") {
@@ -528,10 +544,11 @@ export class OverlaySnapshotter implements Snapshotter {
   async *list(filters: readonly string[] = [], opts: Signalled = {}): AsyncIterable<Info> {
     this.checkOpen();
     const match = compileFilters(filters);
-    // The iterator reads from an implicit LevelDB snapshot taken now.
-    for await (const [k, v] of this.db.iterator({ gte: SNAP, lt: "s0" })) {
+    // The records as they are now, in LevelDB's key order.
+    const now = [...this.records].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    for (const [name, r] of now) {
       opts.signal?.throwIfAborted();
-      const info = OverlaySnapshotter.info(k.slice(SNAP.length), JSON.parse(v) as SnapshotRecord);
+      const info = OverlaySnapshotter.info(name, r);
       if (match(info)) yield info;
     }
   }
@@ -542,10 +559,7 @@ export class OverlaySnapshotter implements Snapshotter {
       // Removals durable before their data goes.
       await this.db.batch([{ type: "put", key: SEQ, value: String(this.seq) }], { sync: true });
       const used = new Set<string>();
-      for await (const v of this.db.values({ gte: SNAP, lt: "s0" })) {
-        const r = JSON.parse(v) as SnapshotRecord;
-        if (r.id !== "") used.add(r.id);
-      }
+      for (const r of this.records.values()) if (r.id !== "") used.add(r.id);
       for (const name of await readdir(this.snapshotsDir())) {
         if (used.has(name)) continue;
         this.log.info({ dir: name }, "removing unreferenced snapshot data");
