@@ -29,11 +29,15 @@ const joinRequestSchema = z.object({
   addrs: z.array(z.string().max(256)).max(16),
   /** The cluster the joiner's data dir already belongs to, if any. */
   cluster: z.string().max(256).optional(),
+  /** Only ask whether the peer counts us as a member (admit nothing). */
+  probe: z.boolean().optional(),
 });
 export type JoinRequest = z.infer<typeof joinRequestSchema>;
 const joinResponseSchema = z.object({
   ok: z.boolean(),
   cluster: z.string().max(256).optional(),
+  /** For a probe, answered by a leader only: whether its membership holds the asker. */
+  member: z.boolean().optional(),
   code: z.string().max(64).optional(),
   error: z.string().max(1024).optional(),
 });
@@ -159,15 +163,15 @@ export class Host {
     return h;
   }
 
-  /** Serves join requests: `handler` admits the peer to the cluster (or throws why not). */
-  async serveJoin(handler: (req: JoinRequest) => Promise<string>): Promise<void> {
+  /** Serves join requests: `handler` admits the peer to the cluster, or answers a probe (or throws why not). */
+  async serveJoin(handler: (req: JoinRequest) => Promise<{ cluster: string; member?: boolean }>): Promise<void> {
     await this.node.handle(JOIN_PROTOCOL, async (stream, conn) => {
       const lp = lpStream(stream, { maxDataLength: 64 << 10 });
       let res: JoinResponse;
       try {
         const req = joinRequestSchema.parse(JSON.parse(new TextDecoder().decode((await lp.read()).subarray())));
         if (req.id !== conn.remotePeer.toString()) throw new Error("join request for another peer id");
-        res = { ok: true, cluster: await handler(req) };
+        res = { ok: true, ...(await handler(req)) };
       } catch (e) {
         const code = (e as { code?: unknown }).code;
         res = { ok: false, error: (e as Error).message, ...(typeof code === "string" ? { code } : {}) };
@@ -181,11 +185,11 @@ export class Host {
     });
   }
 
-  /** Asks the agent at `peer` to admit us to its cluster. */
-  async join(peer: string, cluster: string | undefined, signal: AbortSignal): Promise<JoinResponse> {
+  /** Asks the agent at `peer` to admit us to its cluster (or, with `probe`, whether it counts us as a member). */
+  async join(peer: string, cluster: string | undefined, signal: AbortSignal, probe = false): Promise<JoinResponse> {
     const stream = await this.node.dialProtocol(multiaddr(peer), JOIN_PROTOCOL, { signal });
     const lp = lpStream(stream, { maxDataLength: 64 << 10 });
-    const req: JoinRequest = { id: this.id, addrs: this.addrs(), ...(cluster !== undefined ? { cluster } : {}) };
+    const req: JoinRequest = { id: this.id, addrs: this.addrs(), ...(cluster !== undefined ? { cluster } : {}), ...(probe ? { probe } : {}) };
     await lp.write(new TextEncoder().encode(JSON.stringify(req)), { signal });
     const res = joinResponseSchema.parse(JSON.parse(new TextDecoder().decode((await lp.read({ signal })).subarray())));
     await stream.close().catch(() => undefined);

@@ -1,6 +1,7 @@
 // Five real agents with three voters: learners never vote, a dead voter is
-// replaced by a live learner, an agent leaves cleanly, and the Prometheus
-// endpoint reports Raft metrics.
+// replaced by a live learner, an agent leaves cleanly (and, asked without a
+// quorum, once the quorum is back), and the Prometheus endpoint reports Raft
+// metrics.
 
 import { request } from "node:http";
 import t from "tap";
@@ -94,6 +95,28 @@ t.test("five agents, three voters", async (t) => {
     t.notOk(after.members.some((m: any) => m.id === learner.id));
     t.equal((await api(voterProc, "POST", "/kv", { key: "after-leave", value: "1" })).status, 200, "the cluster still commits");
   });
+});
+
+t.test("a leave asked without a quorum goes on, and the agent stops once it is out", async (t) => {
+  const c = new TestCluster();
+  t.teardown(() => c.stop());
+  const [a, b, d] = await c.form(["la", "lb", "lc"], 3);
+  const id = (await status(a!)).id;
+  b!.child.kill("SIGKILL");
+  d!.child.kill("SIGKILL");
+  const exited = new Promise<number | null>((r) => a!.child.once("exit", r));
+  const asked = await api(a!, "POST", "/leave?timeoutMs=1500");
+  t.equal(asked.body.error?.code, "TIMEOUT", "not done in time: no quorum");
+  t.equal(a!.child.exitCode, null, "the agent still runs");
+  const b2 = c.restart(b!);
+  c.restart(d!);
+  const stopped = await Promise.race([exited, new Promise((r) => setTimeout(() => r("still running after 30 s"), 30_000))]);
+  t.equal(stopped, 0, "the agent stops once the quorum is back and it is out");
+  const after = await until("the member gone", async () => {
+    const x = await status(b2).catch(() => undefined);
+    return x && x.leader !== "" && !x.members.some((m: any) => m.id === id) ? x : undefined;
+  });
+  t.equal(after.members.length, 2);
 });
 
 t.test("metrics", async (t) => {

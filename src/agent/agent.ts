@@ -10,7 +10,7 @@ import { NONE, type Snapshot } from "../../raft/index.js";
 import { LogStore } from "../../store/logstore.js";
 import { ContainerdClient, loadServices } from "../containerd/client.js";
 import { chainIDs, registerImage } from "../containerd/register.js";
-import { WharfError } from "../errors.js";
+import { WharfError, errorCodeOf } from "../errors.js";
 import { LayerStore } from "../layers/store.js";
 import { type Platform, RegistryClient, type ResolvedImage } from "../registry/client.js";
 import { formatReference } from "../registry/reference.js";
@@ -82,6 +82,8 @@ export class Agent {
   /** When this agent last knew a leader; long without one, it asks to be admitted again. */
   private leaderSeenAt = Date.now();
   private rejoining: Promise<void> | undefined;
+  /** A leave once asked, carried out to the end (see leave). */
+  private leaving: Promise<void> | undefined;
   private stopMetrics: (() => Promise<void>) | undefined;
   private readonly startedAt = Date.now();
   /** Aborted when the agent stops: every long operation of the agent listens to it. */
@@ -192,13 +194,20 @@ export class Agent {
             `the joiner's data dir belongs to cluster ${req.cluster}, this is cluster ${agent.clusterId}`,
           );
         }
+        if (req.probe) {
+          // Only a leader answers: a follower's applied membership may lag
+          // (a new member's is empty), a leader's holds what is committed.
+          const st = node.status();
+          if (st.role !== "leader") return { cluster: agent.clusterId };
+          return { cluster: agent.clusterId, member: st.confState.voters.includes(req.id) || st.confState.learners.includes(req.id) };
+        }
         const signal = AbortSignal.timeout(10_000);
         await node.propose({ type: "member", id: req.id, addrs: req.addrs }, signal);
         const cs = node.status().confState;
         if (!cs.voters.includes(req.id) && !cs.learners.includes(req.id)) {
           await node.changeMembership({ type: "addLearner", node: req.id }, signal);
         }
-        return agent.clusterId;
+        return { cluster: agent.clusterId };
       });
       host.onUnreachable = (id) => node.rn.reportUnreachable(id);
 
@@ -333,7 +342,7 @@ export class Agent {
     this.refreshPeers();
     const st = this.node.status();
     if (st.lead !== NONE) this.leaderSeenAt = Date.now();
-    else if (!this.rejoining && Date.now() - this.leaderSeenAt > REJOIN_AFTER_TICKS * (this.opts.tickMs ?? 100)) {
+    else if (!this.rejoining && !this.leaving && Date.now() - this.leaderSeenAt > REJOIN_AFTER_TICKS * (this.opts.tickMs ?? 100)) {
       this.rejoining = this.askToRejoin().finally(() => {
         this.rejoining = undefined;
         this.leaderSeenAt = Date.now();
@@ -366,6 +375,54 @@ export class Agent {
     } catch (e) {
       if (!(e instanceof WharfError)) this.opts.log.warn({ err: (e as Error).message }, "membership upkeep failed");
     }
+  }
+
+  /**
+   * Removes this agent from the cluster; resolves once it is out. Asked
+   * twice, it is one leave. It goes on however long it takes: a removal
+   * proposed during a fault may still be committed by a later leader, and
+   * what was asked is then done rather than left unknown. A removed agent
+   * may never hear of its own removal (the leader stops writing to it), so
+   * between attempts it asks the members whether they still count it.
+   * Rejects, and may be asked again, only if the cluster refuses (the last
+   * voter).
+   */
+  leave(): Promise<void> {
+    this.leaving ??= this.carryOutLeave().catch((e: unknown) => {
+      this.leaving = undefined;
+      throw e;
+    });
+    return this.leaving;
+  }
+
+  private async carryOutLeave(): Promise<void> {
+    for (;;) {
+      if (this.life.signal.aborted) throw new WharfError("SHUTTING_DOWN", "the agent stopped before it left");
+      try {
+        await this.node.changeMembership({ type: "removeNode", node: this.id }, AbortSignal.any([this.life.signal, AbortSignal.timeout(5000)]));
+        return;
+      } catch (e) {
+        if (errorCodeOf(e) !== "TIMEOUT") throw e;
+      }
+      if (await this.removedAccordingToPeers()) return;
+    }
+  }
+
+  /** True if a leader among the members answers that its membership no longer holds this agent. */
+  private async removedAccordingToPeers(): Promise<boolean> {
+    for (const [id, m] of this.node.state.members) {
+      if (id === this.id) continue;
+      for (const addr of m.addrs) {
+        if (this.life.signal.aborted) return false;
+        const res = await this.host.join(addr, this.clusterId || undefined, AbortSignal.any([this.life.signal, AbortSignal.timeout(3000)]), true).catch(() => undefined);
+        if (res?.ok && res.member === false) {
+          this.opts.log.warn({ peer: id }, "removed from the cluster, as asked, without hearing of it: the leader says so");
+          return true;
+        }
+        if (res?.ok) break;
+      }
+    }
+    return false;
   }
 
   /**

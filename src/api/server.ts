@@ -246,11 +246,19 @@ async function handle(agent: Agent, req: IncomingMessage, res: ServerResponse, o
         out = { ok: true };
         break;
       }
-      case "POST /leave":
-        await agent.node.changeMembership({ type: "removeNode", node: agent.id }, signal);
+      case "POST /leave": {
+        // The agent stops once it is out, whether or not this request still waits.
+        const left = agent.leave();
+        left.then(() => setImmediate(onLeave), () => {});
+        await new Promise<void>((resolve, reject) => {
+          const late = (): void => reject(new WharfError("TIMEOUT", "the leave is not done yet (no quorum?); it goes on, and the agent stops once it is out"));
+          if (signal.aborted) return late();
+          signal.addEventListener("abort", late, { once: true });
+          left.then(resolve, reject).finally(() => signal.removeEventListener("abort", late));
+        });
         out = { ok: true };
-        setImmediate(onLeave);
         break;
+      }
       default:
         throw new WharfError("NOT_FOUND", `no such endpoint: ${route}`);
     }

@@ -271,6 +271,27 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
     };
     for (const h of H.hosts) await idOf(h);
     const call = (h: LocalHost, method: string, path: string, body?: unknown): Promise<Api> => H.api(h, method, path, body);
+    /** An agent that left stops; one that does not is a failure of its own (killed, to go on). */
+    const stopsAfterLeave = async (victim: LocalHost, round: number): Promise<void> => {
+      const exited = await new Promise<boolean>((r) => {
+        if (victim.agent.exitCode !== null || victim.agent.signalCode !== null) return r(true);
+        const timer = setTimeout(() => r(false), EXIT_AFTER_LEAVE_MS);
+        victim.agent.once("exit", () => (clearTimeout(timer), r(true)));
+      });
+      if (exited) return;
+      sum.agentCrashes++;
+      fail(round, `${victim.name}'s agent left but did not exit within ${EXIT_AFTER_LEAVE_MS} ms: ${victim.agentLog.trim().split("\n").slice(-3).join(" | ").slice(0, 800)}`);
+      if (process.env.CHAOS_LOGS) writeFileSync(join(process.env.CHAOS_LOGS, `seed${o.seed}-round${round}-${victim.name}-stuck.log`), victim.agentLog);
+      await H.killAgent(victim);
+    };
+    /** A host that left joins again with a new identity (a fresh data dir), through a live member. */
+    const rejoinAnew = async (victim: LocalHost): Promise<void> => {
+      rmSync(victim.data, { recursive: true, force: true });
+      const live = H.hosts.find((h) => h !== victim && h.agent.exitCode === null && h.agent.signalCode === null) ?? H.hosts[0]!;
+      const peer = `/ip4/${live.addr}/tcp/7000/p2p/${ids.get(live.name)}`;
+      H.startAgent(victim, ["join", peer]);
+      await until(`${victim.name} back`, async () => (existsSync(victim.api) ? idOf(victim) : undefined), 60_000);
+    };
     const fail = (round: number, what: string): void => {
       const line = `round ${round} (seed ${o.seed}): ${what}`;
       sum.failures.push(line);
@@ -287,6 +308,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
       while (kinds.size < nFaults) kinds.add(rng.pick(FAULT_KINDS));
       // A host that was killed or left during the round: its pull may be cut short.
       const disrupted = new Set<string>();
+      // Hosts whose leave was not done when asked (it goes on).
+      const lateLeaves: LocalHost[] = [];
       // Host address → when its agent was SIGKILLed, this round (wall clock).
       const killed = new Map<string, number[]>();
       // Hosts that left the cluster (and joined again as a new member) during the round.
@@ -426,35 +449,24 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
           disrupted.add(victim.name);
           log(`  ${victim.name} leaves, and joins again with a new identity`);
           const left = await call(victim, "POST", "/leave?timeoutMs=8000").catch((e: Error) => ({ status: 0, body: { error: e.message } }));
-          if (left.status !== 200) {
-            // Refused in time (no quorum during another fault): it stays a member.
+          if (left.status !== 200 && left.body?.error?.code !== "TIMEOUT") {
+            // Refused: it stays a member.
             log(`  ${victim.name} could not leave: ${JSON.stringify(left.body).slice(0, 200)}`);
             continue;
           }
           sum.membershipChanges++;
           rejoined.add(victim.name);
-          // An agent that left stops; one that does not is a failure of its own (killed, to go on).
-          const exited = await new Promise<boolean>((r) => {
-            if (victim.agent.exitCode !== null || victim.agent.signalCode !== null) return r(true);
-            const timer = setTimeout(() => r(false), EXIT_AFTER_LEAVE_MS);
-            victim.agent.once("exit", () => (clearTimeout(timer), r(true)));
-          });
-          if (!exited) {
-            sum.agentCrashes++;
-            fail(round, `${victim.name}'s agent left but did not exit within ${EXIT_AFTER_LEAVE_MS} ms: ${victim.agentLog.trim().split("\n").slice(-3).join(" | ").slice(0, 800)}`);
-            if (process.env.CHAOS_LOGS) writeFileSync(join(process.env.CHAOS_LOGS, `seed${o.seed}-round${round}-${victim.name}-stuck.log`), victim.agentLog);
-            await H.killAgent(victim);
-          }
           holds.set(victim.name, new Set());
-          restores.push(
-            sleep(rng.int(300, 1500)).then(async () => {
-              rmSync(victim.data, { recursive: true, force: true });
-              const live = H.hosts.find((h) => h !== victim && !disrupted.has(h.name)) ?? H.hosts[0]!;
-              const peer = `/ip4/${live.addr}/tcp/7000/p2p/${ids.get(live.name)}`;
-              H.startAgent(victim, ["join", peer]);
-              await until(`${victim.name} back`, async () => (existsSync(victim.api) ? idOf(victim) : undefined), 60_000);
-            }),
-          );
+          if (left.status !== 200) {
+            // Not done in time (no quorum during another fault): the leave
+            // goes on, and the agent stops once it is out, after the heal.
+            log(`  ${victim.name}'s leave is not done yet: it goes on`);
+            lateLeaves.push(victim);
+            continue;
+          }
+          await stopsAfterLeave(victim, round);
+          const back = rng.int(300, 1500);
+          restores.push(sleep(back).then(() => rejoinAnew(victim)));
         }
       }
       const results = await Promise.all(pulls);
@@ -462,6 +474,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
       const unfired = await P.clearFaults();
       if (unfired > 0) log(`  ${unfired} registry faults did not fire`);
       H.heal();
+      for (const victim of lateLeaves) {
+        await stopsAfterLeave(victim, round);
+        await rejoinAnew(victim);
+      }
       loading = false;
       await Promise.all(kv);
 
