@@ -21,7 +21,7 @@
 // every reader (stat, list, mounts, usage, parents of active snapshots and
 // views); remove forgets them without touching their directory.
 
-import { existsSync, lchownSync, mkdirSync, mkdtempSync, renameSync, statSync } from "node:fs";
+import { existsSync, lchownSync, mkdirSync, mkdtempSync, renameSync } from "node:fs";
 import { lstat, mkdir, opendir, readdir, rm, stat as fsStat } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
 import { ClassicLevel } from "classic-level";
@@ -402,9 +402,10 @@ export class OverlaySnapshotter implements Snapshotter {
       if (this.get(key)) throw new WharfError("ALREADY_EXISTS", `snapshot ${JSON.stringify(key)} already exists`);
       const p = this.checkParent(parent);
       const id = String(this.seq + 1);
-      // The directories are made with synchronous calls: each takes
-      // microseconds on the local disk, less than a round trip through the
-      // thread pool, and a container start waits for all of them.
+      // The directories (on the local disk) are made with synchronous calls:
+      // each takes microseconds, less than a round trip through the thread
+      // pool, and a container start waits for all of them. The parent's
+      // tree may be on the shared file system: it is read asynchronously.
       const tmp = mkdtempSync(join(this.snapshotsDir(), "new-"));
       const final = join(this.snapshotsDir(), id);
       try {
@@ -412,7 +413,7 @@ export class OverlaySnapshotter implements Snapshotter {
         if (kind === "active") mkdirSync(join(tmp, "work"), { mode: 0o700 });
         if (p && kind === "active") {
           // The merged root takes its owner from the upper dir: keep the parent's.
-          const st = statSync(this.fsDir(p));
+          const st = await fsStat(this.fsDir(p));
           lchownSync(join(tmp, "fs"), st.uid, st.gid);
         }
         // A directory with this id can only be the orphan of a crash before its record was written.
