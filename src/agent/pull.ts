@@ -21,6 +21,7 @@ import { EventEmitter } from "node:events";
 import { rm } from "node:fs/promises";
 import type { Logger } from "pino";
 import type { ApplyResult, ClaimAnswer, Command, LayerSource } from "../../store/state.js";
+import { abortable } from "../abortable.js";
 import { WharfError, asErrorCode, errorCodeOf } from "../errors.js";
 import { extractLayer } from "../layers/extract.js";
 import type { LayerStore } from "../layers/store.js";
@@ -226,9 +227,7 @@ export class Puller {
           const known = this.o.node.state.layers.get(l.diffID);
           if (known?.state === "present") {
             present[i]!.resolve();
-            if (earlier) return earlier;
-            emit({ type: "layer", digest: l.digest, status: "present", total: l.size, by: known.by });
-            return { outcome: "present" as const, by: known.by, fetched: 0 };
+            return earlier ?? this.found(l.digest, l.size, known.by, false, emit);
           }
           try {
             const r = await this.layer(l.diffID, source, signal, emit);
@@ -670,14 +669,3 @@ class StaleAttempt extends Error {
   }
 }
 
-function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason as Error);
-  return new Promise<T>((resolve, reject) => {
-    const stop = (): void => reject(signal.reason as Error);
-    signal.addEventListener("abort", stop, { once: true });
-    p.then(
-      (v) => (signal.removeEventListener("abort", stop), resolve(v)),
-      (e: unknown) => (signal.removeEventListener("abort", stop), reject(e as Error)),
-    );
-  });
-}

@@ -6,6 +6,7 @@ import { chmod, rm } from "node:fs/promises";
 import { type IncomingMessage, type ServerResponse, createServer } from "node:http";
 import { z } from "zod";
 import type { Agent } from "../agent/agent.js";
+import { abortable } from "../abortable.js";
 import { WharfError, errorCodeOf } from "../errors.js";
 import { type ResolvedImage, parsePlatform } from "../registry/client.js";
 import { formatReference, parseReference } from "../registry/reference.js";
@@ -250,12 +251,7 @@ async function handle(agent: Agent, req: IncomingMessage, res: ServerResponse, o
         // The agent stops once it is out, whether or not this request still waits.
         const left = agent.leave();
         left.then(() => setImmediate(onLeave), () => {});
-        await new Promise<void>((resolve, reject) => {
-          const late = (): void => reject(new WharfError("TIMEOUT", "the leave is not done yet (no quorum?); it goes on, and the agent stops once it is out"));
-          if (signal.aborted) return late();
-          signal.addEventListener("abort", late, { once: true });
-          left.then(resolve, reject).finally(() => signal.removeEventListener("abort", late));
-        });
+        await abortable(left, signal, () => new WharfError("TIMEOUT", "the leave is not done yet (no quorum?); it goes on, and the agent stops once it is out"));
         out = { ok: true };
         break;
       }

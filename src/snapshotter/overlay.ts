@@ -26,6 +26,7 @@ import { lstat, mkdir, opendir, readdir, rm, stat as fsStat } from "node:fs/prom
 import { isAbsolute, join } from "node:path";
 import { ClassicLevel } from "classic-level";
 import { type Logger, pino } from "pino";
+import { abortable } from "../abortable.js";
 import { WharfError } from "../errors.js";
 import { compileFilters } from "./filters.js";
 import type { Info, Kind, Mount, SnapshotOptions, Signalled, Snapshotter, Usage } from "./interface.js";
@@ -121,18 +122,6 @@ export function validateLabels(labels: Readonly<Record<string, string>>): void {
   }
 }
 
-function abortable<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return p;
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((res, rej) => {
-    const onAbort = (): void => rej(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    p.then(
-      (v) => (signal.removeEventListener("abort", onAbort), res(v)),
-      (e: unknown) => (signal.removeEventListener("abort", onAbort), rej(e)),
-    );
-  });
-}
 
 /**
  * Disk usage of a tree like containerd's fs.DiskUsage: allocated blocks of
