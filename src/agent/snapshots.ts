@@ -7,7 +7,8 @@
 // Where a layer comes from, in order:
 //  - our own label `containerd.io/snapshot/wharf.layer` (set by `wharf pull --containerd`);
 //  - CRI's labels `containerd.io/snapshot/cri.image-ref` and `cri.layer-digest`
-//    (Kubernetes pulls): the image is resolved once and the layer found in it.
+//    (Kubernetes pulls): the image is resolved once and the layer found in it,
+//    and all of its layers are pulled at once (see `prefetch`).
 
 import type { Logger } from "pino";
 import { z } from "zod";
@@ -110,6 +111,25 @@ export class RemoteLayers {
     throw new WharfError("BUSY", `could not pin layer ${diffID} for snapshot ${name}`);
   }
 
+  /**
+   * containerd's unpacker Prepares an image's layers one after another, each
+   * Prepare waiting for its own layer: on its own, a CRI pull would fetch
+   * one layer at a time. Once the image is resolved, every layer not present
+   * is made present at once (claimed cooperatively, like a pull), and each
+   * Prepare finds its layer present or under way. Failures are left to the
+   * Prepare of that layer, which reports them.
+   */
+  private prefetch(img: ResolvedImage): void {
+    const repository = formatReference({ registry: img.repository.registry, repository: img.repository.repository });
+    for (const l of img.layers) {
+      if (this.o.node.state.layers.get(l.diffID)?.state === "present") continue;
+      const source = { repository, blob: l.digest, size: l.size, mediaType: l.mediaType };
+      this.o.puller.ensureLayer(l.diffID, source, this.o.signal).catch((e: unknown) => {
+        this.o.log.debug({ image: img.reference, layer: l.diffID, err: (e as Error).message }, "prefetch of a layer failed");
+      });
+    }
+  }
+
   private async describe(labels: Readonly<Record<string, string>>, name: string): Promise<z.infer<typeof layerLabel> | undefined> {
     const own = labels[LAYER_LABEL];
     if (own !== undefined) {
@@ -132,7 +152,10 @@ export class RemoteLayers {
     if (!p) {
       p = this.o.registry.resolve(ref, { signal: this.o.signal, ...(this.o.platform ? { platform: this.o.platform } : {}) });
       this.resolved.set(key, p);
-      p.catch(() => this.resolved.delete(key));
+      p.then(
+        (img) => this.prefetch(img),
+        () => this.resolved.delete(key),
+      );
       // Tags move: forget the resolution after a while.
       setTimeout(() => this.resolved.delete(key), 60_000).unref();
     }

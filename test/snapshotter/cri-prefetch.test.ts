@@ -1,0 +1,86 @@
+// Kubernetes' path into the remote snapshotter: containerd's unpacker
+// Prepares the layers of a CRI pull one after another, each Prepare waiting
+// for its own layer. The agent's answer to the first of them pulls every
+// layer of the image at once, so that a CRI pull is not one layer at a time.
+// (The three-host CRI pull through real containerds is in containerd.test.)
+
+import { pino } from "pino";
+import t from "tap";
+import type { Puller } from "../../src/agent/pull.js";
+import type { RaftNode } from "../../src/agent/raftnode.js";
+import { RemoteLayers } from "../../src/agent/snapshots.js";
+import { REF_LABEL, chainIDs } from "../../src/containerd/register.js";
+import type { LayerStore } from "../../src/layers/store.js";
+import type { RegistryClient, ResolvedImage } from "../../src/registry/client.js";
+import { parseReference } from "../../src/registry/reference.js";
+
+const hex = (c: string) => `sha256:${c.repeat(64)}`;
+const layers = ["a", "b", "c", "d"].map((c, i) => ({ diffID: hex(c), digest: hex(String(i)), size: 100 + i, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip" }));
+const chain = chainIDs(layers.map((l) => l.diffID));
+const REF = "registry.test:5000/app/web:1";
+
+function setup(failing: ReadonlySet<string> = new Set()) {
+  const ensured: string[] = [];
+  let resolves = 0;
+  // Layer b is in the shared store already.
+  const state = { layers: new Map([[layers[1]!.diffID, { state: "present" }]]), refs: new Map<string, string[]>() };
+  const node = {
+    state,
+    propose: async (cmd: { type: string; agent: string; holder: string; layers: string[] }) => {
+      state.refs.set(`${cmd.agent} ${cmd.holder}`, cmd.layers);
+      return { ok: true, index: 1 };
+    },
+  };
+  const puller = {
+    ensureLayer: async (diffID: string) => {
+      ensured.push(diffID);
+      await new Promise((r) => setTimeout(r, 5));
+      if (failing.has(diffID)) throw new Error("registry unreachable");
+      state.layers.set(diffID, { state: "present" });
+      return { outcome: "downloaded", by: "agent-1", fetched: 1 };
+    },
+  };
+  const img = { reference: REF, repository: parseReference(REF), layers } as unknown as ResolvedImage;
+  const registry = {
+    resolve: async () => {
+      resolves++;
+      return img;
+    },
+  };
+  const remote = new RemoteLayers({
+    id: "agent-1",
+    node: node as unknown as RaftNode,
+    puller: puller as unknown as Puller,
+    store: { layerPath: (d: string) => `/shared/layers/${d.slice(7)}` } as unknown as LayerStore,
+    registry: registry as unknown as RegistryClient,
+    log: pino({ level: "silent" }),
+    signal: new AbortController().signal,
+  });
+  const prepare = (i: number) =>
+    remote.resolve({
+      key: `extract-${i} ${chain[i]}`,
+      parent: i === 0 ? "" : chain[i - 1]!,
+      labels: { [REF_LABEL]: chain[i]!, "containerd.io/snapshot/cri.image-ref": REF, "containerd.io/snapshot/cri.layer-digest": layers[i]!.digest },
+    });
+  return { ensured, prepare, resolves: () => resolves, state };
+}
+
+t.test("the first Prepare of a CRI pull pulls every missing layer of the image", async (t) => {
+  const s = setup();
+  const first = await s.prepare(0);
+  t.equal(first?.name, chain[0], "the first layer answered from the shared store");
+  const missing = [0, 2, 3].map((i) => layers[i]!.diffID);
+  t.same([...new Set(s.ensured)].sort(), missing.sort(), "every layer not present was asked for before the next Prepare came");
+  t.notOk(s.ensured.includes(layers[1]!.diffID), "a present layer costs no claim");
+  for (let i = 1; i < 4; i++) t.equal((await s.prepare(i))?.name, chain[i], `layer ${i} answered`);
+  t.equal(s.resolves(), 1, "the image is resolved once for all its Prepares");
+  t.equal(s.ensured.filter((d) => d === layers[2]!.diffID).length, 1, "a layer pulled ahead is not asked for again by its own Prepare");
+});
+
+t.test("a layer that fails ahead of its Prepare fails that Prepare only", async (t) => {
+  const s = setup(new Set([layers[3]!.diffID]));
+  t.equal((await s.prepare(0))?.name, chain[0]);
+  await new Promise((r) => setTimeout(r, 20));
+  t.equal((await s.prepare(2))?.name, chain[2], "the layers that came are used");
+  await t.rejects(s.prepare(3), /registry unreachable/, "the failed layer's own Prepare reports it");
+});
