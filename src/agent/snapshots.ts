@@ -120,11 +120,9 @@ export class RemoteLayers {
    * Prepare of that layer, which reports them.
    */
   private prefetch(img: ResolvedImage): void {
-    const repository = formatReference({ registry: img.repository.registry, repository: img.repository.repository });
     for (const l of img.layers) {
       if (this.o.node.state.layers.get(l.diffID)?.state === "present") continue;
-      const source = { repository, blob: l.digest, size: l.size, mediaType: l.mediaType };
-      this.o.puller.ensureLayer(l.diffID, source, this.o.signal).catch((e: unknown) => {
+      this.o.puller.ensureLayer(l.diffID, layerOf(img, l), this.o.signal).catch((e: unknown) => {
         this.o.log.debug({ image: img.reference, layer: l.diffID, err: (e as Error).message }, "prefetch of a layer failed");
       });
     }
@@ -162,12 +160,12 @@ export class RemoteLayers {
     const img = await p;
     const l = img.layers.find((x) => x.digest === blob);
     if (!l) throw new WharfError("NOT_FOUND", `layer ${blob} is not in ${img.reference}`);
-    return {
-      diffID: l.diffID,
-      repository: formatReference({ registry: img.repository.registry, repository: img.repository.repository }),
-      blob: l.digest,
-      size: l.size,
-      mediaType: l.mediaType,
-    };
+    return layerOf(img, l);
   }
+}
+
+/** A layer of a resolved image, as a label would describe it: what to pull, from where. */
+function layerOf(img: ResolvedImage, l: ResolvedImage["layers"][number]): z.infer<typeof layerLabel> {
+  const repository = formatReference({ registry: img.repository.registry, repository: img.repository.repository });
+  return { diffID: l.diffID, repository, blob: l.digest, size: l.size, mediaType: l.mediaType };
 }
