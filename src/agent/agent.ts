@@ -13,7 +13,7 @@ import { chainIDs, registerImage } from "../containerd/register.js";
 import { WharfError, errorCodeOf } from "../errors.js";
 import { LayerStore } from "../layers/store.js";
 import { type Platform, RegistryClient, type ResolvedImage } from "../registry/client.js";
-import { formatReference } from "../registry/reference.js";
+import { formatRepository } from "../registry/reference.js";
 import { type SnapshotterServer, serveSnapshotter } from "../snapshotter/grpc.js";
 import { OverlaySnapshotter } from "../snapshotter/overlay.js";
 import { Mounts } from "./mounts.js";
@@ -284,7 +284,7 @@ export class Agent {
       await registerImage(
         c,
         to.snapshotter,
-        { ...img, repository: formatReference({ registry: img.repository.registry, repository: img.repository.repository }), layers },
+        { ...img, repository: formatRepository(img.repository), layers },
         (i) => pins[i]!,
       );
       this.opts.log.info({ image: img.reference, containerd: to.socket, layers: layers.length, ms: Math.round(performance.now() - t0) }, "image registered in containerd");

@@ -27,7 +27,7 @@ import { extractLayer } from "../layers/extract.js";
 import type { LayerStore } from "../layers/store.js";
 import type { Platform, RegistryClient, ResolvedImage } from "../registry/client.js";
 import { LAYER_MEDIA_TYPES } from "../registry/manifest.js";
-import { formatReference, parseReference } from "../registry/reference.js";
+import { formatReference, formatRepository, parseReference } from "../registry/reference.js";
 import type { RaftNode } from "./raftnode.js";
 
 export type LayerStatus = "waiting" | "downloading" | "extracting" | "done" | "present" | "failed";
@@ -176,7 +176,7 @@ export class Puller {
     // one shared store); the image is held only once they are in place.
     const stored = Promise.all([this.o.store.putBlob(img.manifestDigest, img.manifest), this.o.store.putBlob(img.configDigest, img.config)]);
     stored.catch(() => {});
-    const repository = formatReference({ registry: img.repository.registry, repository: img.repository.repository });
+    const repository = formatRepository(img.repository);
     const present = img.layers.map(() => Promise.withResolvers<void>());
     for (const p of present) p.promise.catch(() => {});
     const beside = opts.alongside?.(img, (i) => present[i]!.promise);

@@ -16,7 +16,7 @@ import { LAYER_LABEL, REF_LABEL, chainIDs } from "../containerd/register.js";
 import { WharfError } from "../errors.js";
 import type { LayerStore } from "../layers/store.js";
 import type { Platform, RegistryClient, ResolvedImage } from "../registry/client.js";
-import { formatReference, parseReference } from "../registry/reference.js";
+import { formatReference, formatRepository, parseReference } from "../registry/reference.js";
 import type { RemoteRequest, RemoteSnapshot } from "../snapshotter/overlay.js";
 import type { Puller } from "./pull.js";
 import type { RaftNode } from "./raftnode.js";
@@ -166,6 +166,5 @@ export class RemoteLayers {
 
 /** A layer of a resolved image, as a label would describe it: what to pull, from where. */
 function layerOf(img: ResolvedImage, l: ResolvedImage["layers"][number]): z.infer<typeof layerLabel> {
-  const repository = formatReference({ registry: img.repository.registry, repository: img.repository.repository });
-  return { diffID: l.diffID, repository, blob: l.digest, size: l.size, mediaType: l.mediaType };
+  return { diffID: l.diffID, repository: formatRepository(img.repository), blob: l.digest, size: l.size, mediaType: l.mediaType };
 }

@@ -122,7 +122,6 @@ export function validateLabels(labels: Readonly<Record<string, string>>): void {
   }
 }
 
-
 /**
  * Disk usage of a tree like containerd's fs.DiskUsage: allocated blocks of
  * every inode (the root included), each hard-linked inode counted once.
