@@ -241,8 +241,13 @@ export class Agent {
       signal: this.life.signal,
       ...(this.opts.platform ? { platform: this.opts.platform } : {}),
     });
+    // A restarted agent's pins are in its own log: with them applied, the
+    // mounts of snapshots whose layers it pins need no Raft round (nor a
+    // quorum) to find them pinned.
+    await this.node.appliedLocalCommits(this.life.signal);
     const sn = await OverlaySnapshotter.open(join(this.opts.dataDir, "snapshotter"), {
       resolveRemote: (req) => remote.resolve(req),
+      materialize: (name, labels) => remote.materialize(name, labels),
       onRemoveExternal: (name) => remote.removed(name),
       log: this.opts.log,
     });
@@ -259,9 +264,10 @@ export class Agent {
   /**
    * Registers an image in a containerd (`wharf pull --containerd`), beside
    * its pull: `present(i)` resolves once layer i is in the shared store.
-   * Where that containerd's snapshotter is this agent's, each snapshot is
-   * pinned as soon as its layer is present, so that containerd's Prepare of
-   * it, one layer after another in chain order, proposes nothing.
+   * The snapshots are prepared at once, pending (see RemoteLayers.resolve),
+   * so that containerd's chain is in place when the last layer lands; where
+   * that containerd's snapshotter is this agent's, each snapshot is pinned
+   * as soon as its layer is present, and this resolves once all are.
    */
   async registerInContainerd(
     img: ResolvedImage,
@@ -281,16 +287,14 @@ export class Agent {
     for (const p of pins) p.catch(() => {});
     const c = new ContainerdClient(to.socket, to.namespace);
     try {
-      await registerImage(
-        c,
-        to.snapshotter,
-        { ...img, repository: formatRepository(img.repository), layers },
-        (i) => pins[i]!,
-      );
+      await registerImage(c, to.snapshotter, { ...img, repository: formatRepository(img.repository), layers });
+      await Promise.all(pins);
       this.opts.log.info({ image: img.reference, containerd: to.socket, layers: layers.length, ms: Math.round(performance.now() - t0) }, "image registered in containerd");
     } catch (e) {
-      // Not this agent's snapshotter after all, or containerd failed: pins
-      // without a snapshot would hold their layers forever.
+      // Not this agent's snapshotter after all, or containerd failed, or a
+      // layer did not come: pins without a snapshot would hold their layers
+      // forever. Snapshots already made stay, pending: a mount above them
+      // makes their layers present.
       await Promise.allSettled(pins);
       await own?.remote.unpin(pinned, (n) => own.sn.stat(n).then(() => true, () => false)).catch(() => {});
       throw e;

@@ -185,6 +185,14 @@ export class RaftNode {
     });
   }
 
+  /**
+   * Resolves once every entry this node's own log holds as committed (when
+   * called) is applied: after a restart, the state it had, without a leader.
+   */
+  appliedLocalCommits(signal?: AbortSignal): Promise<void> {
+    return this.waitApplied(this.rn.raft.log.committed, signal);
+  }
+
   private waitApplied(index: number, signal?: AbortSignal): Promise<void> {
     if (this.state.applied >= index) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {

@@ -49,7 +49,15 @@ export class RemoteLayers {
 
   constructor(private readonly o: RemoteLayersOptions) {}
 
-  /** The snapshotter's `resolveRemote`: undefined when the labels do not say where the layer comes from. */
+  /**
+   * The snapshotter's `resolveRemote`: undefined when the labels do not say
+   * where the layer comes from. A layer named by our own label (`wharf pull
+   * --containerd` registering an image beside its pull) is answered at once,
+   * pending: the pull makes it present and pins it, and anything mounted
+   * above it waits for `materialize`. One named by CRI's labels is present
+   * and pinned before the answer, so that a CRI pull ends with its layers
+   * in place.
+   */
   async resolve(req: RemoteRequest): Promise<RemoteSnapshot | undefined> {
     const name = req.labels[REF_LABEL];
     if (!name) return undefined;
@@ -61,16 +69,32 @@ export class RemoteLayers {
       throw new WharfError("INVALID_ARGUMENT", `snapshot ${name} is not the chain id of layer ${layer.diffID} over ${req.parent || "nothing"}`);
     }
     const answer = { name, dir: this.o.store.layerPath(layer.diffID), labels: { ...req.labels } };
+    if (req.labels[LAYER_LABEL] !== undefined) return { ...answer, pending: true };
+    await this.present(name, layer);
+    return answer;
+  }
+
+  /**
+   * The snapshotter's `materialize`: the layer of the external snapshot
+   * `name` present in the store and pinned by it (pulled cooperatively if
+   * nobody has it).
+   */
+  async materialize(name: string, labels: Readonly<Record<string, string>>): Promise<void> {
+    if (this.o.node.state.refs.has(this.holder(name))) return;
+    const layer = await this.describe(labels, name);
+    if (layer) await this.present(name, layer);
+  }
+
+  private async present(name: string, layer: z.infer<typeof layerLabel>): Promise<void> {
     // Pinned already (by `pin`, or an earlier Prepare): nothing to propose.
     // Only this agent releases its own holds, and a held layer cannot be
     // deleted, so what this agent's applied state shows here is still true.
-    if (this.held(name, layer.diffID)) return answer;
+    if (this.held(name, layer.diffID)) return;
     // Present a moment ago: the hold alone (refused if it went away since).
-    if (this.o.node.state.layers.get(layer.diffID)?.state === "present" && (await this.holdOnce(name, layer.diffID))) return answer;
+    if (this.o.node.state.layers.get(layer.diffID)?.state === "present" && (await this.holdOnce(name, layer.diffID))) return;
     const source = { repository: layer.repository, blob: layer.blob, size: layer.size, mediaType: layer.mediaType };
     await this.o.puller.ensureLayer(layer.diffID, source, this.o.signal);
     await this.hold(name, layer.diffID);
-    return answer;
   }
 
   /**
@@ -88,8 +112,13 @@ export class RemoteLayers {
     for (const n of names) if (!(await exists(n))) await this.removed(n);
   }
 
+  /** The holder, in the replicated state, of this host's snapshot `name`. */
+  private holder(name: string): string {
+    return `${this.o.id} snapshot:${name}`;
+  }
+
   private held(name: string, diffID: string): boolean {
-    return this.o.node.state.refs.get(`${this.o.id} snapshot:${name}`)?.includes(diffID) ?? false;
+    return this.o.node.state.refs.get(this.holder(name))?.includes(diffID) ?? false;
   }
 
   private async holdOnce(name: string, diffID: string): Promise<boolean> {

@@ -43,23 +43,17 @@ export function chainIDs(diffIDs: readonly string[]): string[] {
  * Stores the manifest and config in containerd's content store (labelled so
  * that containerd's garbage collector keeps the config, and through it the
  * top snapshot and its parents), creates the image record, and prepares each
- * layer's snapshot with the remote-snapshotter labels: our snapshotter
- * commits the shared layer under its chain id and answers "already exists".
- * The snapshot of layer i is prepared once `ready(i)` resolves (the layer
- * is in the shared store), in chain order.
+ * layer's snapshot, in chain order, with the remote-snapshotter labels: our
+ * snapshotter commits the shared layer under its chain id and answers
+ * "already exists" (at once: the layer may still be on its way).
  */
-export function registerImage(
-  c: ContainerdClient,
-  snapshotter: string,
-  img: RegisteredImage,
-  ready: (i: number) => Promise<void>,
-): Promise<string[]> {
+export function registerImage(c: ContainerdClient, snapshotter: string, img: RegisteredImage): Promise<string[]> {
   // Under a lease, as containerd's own pull: a GC pass in between must not
   // collect the content or snapshots before the image record holds them.
-  return c.withLease(() => register(c, snapshotter, img, ready));
+  return c.withLease(() => register(c, snapshotter, img));
 }
 
-async function register(c: ContainerdClient, snapshotter: string, img: RegisteredImage, ready: (i: number) => Promise<void>): Promise<string[]> {
+async function register(c: ContainerdClient, snapshotter: string, img: RegisteredImage): Promise<string[]> {
   const chain = chainIDs(img.layers.map((l) => l.diffID));
   const top = chain.at(-1);
   await c.putContent(img.configDigest, img.config, top ? { [`containerd.io/gc.ref.snapshot.${snapshotter}`]: top } : {});
@@ -75,7 +69,6 @@ async function register(c: ContainerdClient, snapshotter: string, img: Registere
       [REF_LABEL]: id,
       [LAYER_LABEL]: JSON.stringify({ diffID: l.diffID, repository: img.repository, blob: l.blob, size: l.size, mediaType: l.mediaType }),
     };
-    await ready(i);
     const r = await c.prepareRemote(snapshotter, key, i === 0 ? "" : chain[i - 1]!, labels);
     if (r === "prepared") {
       // The snapshotter did not take the layer from the shared store (not wharf's?).

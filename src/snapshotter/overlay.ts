@@ -19,7 +19,10 @@
 // shared store, recorded when `resolveRemote` claims a Prepare (containerd's
 // remote-snapshotter protocol). They are ordinary committed snapshots to
 // every reader (stat, list, mounts, usage, parents of active snapshots and
-// views); remove forgets them without touching their directory.
+// views); remove forgets them without touching their directory. One may be
+// recorded before its layer is in the store (`RemoteSnapshot.pending`):
+// nothing above it is prepared, viewed or mounted before `materialize`
+// has made its layer present.
 
 import { existsSync, lchownSync, mkdirSync, mkdtempSync, renameSync } from "node:fs";
 import { lstat, mkdir, opendir, readdir, rm, stat as fsStat } from "node:fs/promises";
@@ -52,6 +55,8 @@ export interface RemoteSnapshot {
   readonly dir: string;
   /** Labels of the committed snapshot; the ref label is added if missing. */
   readonly labels: Readonly<Record<string, string>>;
+  /** The layer is on its way to `dir` (not there yet): the snapshot is recorded all the same. */
+  readonly pending?: boolean;
 }
 
 /**
@@ -66,6 +71,13 @@ export interface OverlayOptions {
   readonly resolveRemote?: ResolveRemote;
   /** Called after an external snapshot's metadata is removed (errors are logged, not returned). */
   readonly onRemoveExternal?: (name: string) => void | Promise<void>;
+  /**
+   * Makes an external snapshot's layer present in the shared store (and
+   * keeps it there). Awaited once per snapshot and process, before anything
+   * above the snapshot is prepared, viewed or mounted; a rejection fails
+   * that call, and the next one asks again.
+   */
+  readonly materialize?: (name: string, labels: Readonly<Record<string, string>>) => Promise<void>;
   readonly log?: Logger;
   /** How long an active snapshot's usage is reused, in ms (CRI asks every 10 s per container). Default 1000. */
   readonly activeUsageTtlMs?: number;
@@ -169,6 +181,8 @@ export class OverlaySnapshotter implements Snapshotter {
   private readonly chains = new Map<string, readonly string[]>();
   /** Counts removals: a chain read while one happened is not cached. */
   private removals = 0;
+  /** `materialize` of each external snapshot, by name, once it has been asked (dropped on remove or failure). */
+  private readonly materialized = new Map<string, Promise<void>>();
   /**
    * Every record, as LevelDB holds it (loaded at open, updated after each
    * batch is written): containerd asks Stat and Mounts on every container
@@ -264,6 +278,24 @@ export class OverlaySnapshotter implements Snapshotter {
     return [...dirs];
   }
 
+  /** Resolves once the layer of every external snapshot in the chain from `name` down is present. */
+  private async lowersPresent(name: string): Promise<void> {
+    const materialize = this.opts.materialize;
+    if (!materialize) return;
+    const waits: Promise<void>[] = [];
+    for (let n = name, r = this.get(n); r; n = r.parent, r = this.get(n)) {
+      if (r.external === undefined) continue;
+      let p = this.materialized.get(n);
+      if (!p) {
+        const asked = materialize(n, r.labels);
+        asked.catch(() => this.materialized.get(n) === asked && this.materialized.delete(n));
+        this.materialized.set(n, (p = asked));
+      }
+      waits.push(p);
+    }
+    await Promise.all(waits);
+  }
+
   /** The mounts of containerd's overlay snapshotter (see containerd-snapshotter.md). */
   private async mountsOf(r: SnapshotRecord): Promise<Mount[]> {
     if (r.kind === "committed") {
@@ -296,7 +328,9 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   async mounts(key: string): Promise<Mount[]> {
-    return this.mountsOf(this.must(key));
+    const r = this.must(key);
+    await this.lowersPresent(r.kind === "committed" ? key : r.parent);
+    return this.mountsOf(r);
   }
 
   async prepare(key: string, parent: string, opts: SnapshotOptions = {}): Promise<Mount[]> {
@@ -345,7 +379,7 @@ export class OverlaySnapshotter implements Snapshotter {
       validateName("remote name", remote.name);
       if (!isAbsolute(remote.dir)) throw new WharfError("INVALID_ARGUMENT", `remote dir ${remote.dir} is not absolute`);
       validateLabels(rlabels);
-      if (!(await fsStat(remote.dir)).isDirectory()) throw new WharfError("INVALID_ARGUMENT", `${remote.dir} is not a directory`);
+      if (!remote.pending && !(await fsStat(remote.dir)).isDirectory()) throw new WharfError("INVALID_ARGUMENT", `${remote.dir} is not a directory`);
     } catch (e) {
       this.log.error({ key, ref, remote, err: e }, "resolveRemote returned an unusable snapshot; preparing a local one");
       return false;
@@ -385,6 +419,8 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   private async create(kind: "active" | "view", key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
+    // Outside the lock: a layer on its way holds up only what is built on it.
+    await this.lowersPresent(parent);
     const rec = await this.lock.run(async () => {
       this.checkOpen();
       if (this.get(key)) throw new WharfError("ALREADY_EXISTS", `snapshot ${JSON.stringify(key)} already exists`);
@@ -465,6 +501,7 @@ export class OverlaySnapshotter implements Snapshotter {
       this.records.delete(key);
       this.removals += 1;
       this.chains.delete(key);
+      this.materialized.delete(key);
       this.activeUsage.delete(key);
       this.committedUsage.delete(key);
       return r;
@@ -513,6 +550,8 @@ export class OverlaySnapshotter implements Snapshotter {
     if (r.kind === "committed") {
       let u = this.committedUsage.get(key);
       if (!u) {
+        // An external snapshot's layer still on its way uses nothing yet.
+        if (r.external !== undefined && !(await lstat(dir).then(() => true, () => false))) return { size: 0, inodes: 0 };
         u = diskUsage(dir);
         this.committedUsage.set(key, u);
         u.catch(() => this.committedUsage.get(key) === u && this.committedUsage.delete(key));

@@ -8,6 +8,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import t, { type Test } from "tap";
+import { WharfError } from "../../src/errors.js";
 import { type RemoteRequest, SNAPSHOT_REF_LABEL } from "../../src/snapshotter/overlay.js";
 import { type InfoMsg, type MountMsg, mountAt, option, sandbox, serve, umount } from "./helpers.js";
 
@@ -135,4 +136,59 @@ t.test("a remote name taken by another snapshot is not overwritten", async (t) =
   await c.call("Prepare", { key: "extract-1 sha256:ddd", parent: "", labels: { [SNAPSHOT_REF_LABEL]: "sha256:ddd" } });
   t.match((await c.call<{ info: InfoMsg }>("Stat", { key: "sha256:ddd" })).info, { kind: "ACTIVE" }, "untouched");
   t.match((await c.call<{ info: InfoMsg }>("Stat", { key: "extract-1 sha256:ddd" })).info, { kind: "ACTIVE" }, "local prepare");
+});
+
+t.test("a pending layer: recorded at once; what is built on it waits for materialize, nothing else does", async (t) => {
+  const shared = sandbox(t, "wharf-shared-");
+  const dirOf = (chain: string): string => join(shared, chain.replace(/[^a-z0-9]/g, "_"));
+  const asked: string[] = [];
+  const waiting = new Map<string, PromiseWithResolvers<void>>();
+  const materialize = (name: string, labels: Readonly<Record<string, string>>): Promise<void> => {
+    asked.push(`${name} ${labels["containerd.io/snapshot/wharf.layer"]}`);
+    const w = Promise.withResolvers<void>();
+    waiting.set(name, w);
+    return w.promise;
+  };
+  const resolveRemote = async (req: RemoteRequest) => {
+    const ref = req.labels[SNAPSHOT_REF_LABEL]!;
+    return { name: ref, dir: dirOf(ref), labels: { "containerd.io/snapshot/wharf.layer": `l-${ref}` }, pending: true };
+  };
+  const { c } = await serve(t, { resolveRemote, materialize });
+  const extract = (chain: string, parent: string) => c.call("Prepare", { key: `extract ${chain}`, parent, labels: { [SNAPSHOT_REF_LABEL]: chain } });
+  await t.rejects(extract("sha256:p1", ""), { code: S.ALREADY_EXISTS }, "answered although the layer is not there");
+  await t.rejects(extract("sha256:p2", "sha256:p1"), { code: S.ALREADY_EXISTS });
+  t.same(asked, [], "recording asks nothing");
+  t.same(await c.call("Usage", { key: "sha256:p1" }), { size: "0", inodes: "0" }, "a layer on its way uses nothing");
+
+  let done = false;
+  const prepared = c.call<Mounts>("Prepare", { key: "ctr", parent: "sha256:p2" }).finally(() => (done = true));
+  await new Promise((r) => setTimeout(r, 100));
+  t.notOk(done, "the container's Prepare waits for its layers");
+  t.same(asked.sort(), ["sha256:p1 l-sha256:p1", "sha256:p2 l-sha256:p2"], "both layers asked for at once, with their labels");
+  await c.call("Prepare", { key: "other", parent: "" });
+  t.match((await c.call<{ info: InfoMsg }>("Stat", { key: "sha256:p2" })).info, { kind: "COMMITTED" }, "other calls go on meanwhile");
+
+  for (const ch of ["sha256:p1", "sha256:p2"]) mkdirSync(dirOf(ch));
+  waiting.get("sha256:p1")!.resolve();
+  await new Promise((r) => setTimeout(r, 50));
+  t.notOk(done, "still waiting for the upper layer");
+  waiting.get("sha256:p2")!.resolve();
+  const m = (await prepared).mounts[0]!;
+  t.equal(option(m, "lowerdir"), `${dirOf("sha256:p2")}:${dirOf("sha256:p1")}`);
+  await c.call("Mounts", { key: "ctr" });
+  await c.call("View", { key: "v", parent: "sha256:p1" });
+  t.equal(asked.length, 2, "asked once per snapshot");
+
+  // A layer that cannot be had: the call fails with its error; the next asks again.
+  await t.rejects(extract("sha256:p3", "sha256:p2"), { code: S.ALREADY_EXISTS });
+  const view = c.call("View", { key: "v3", parent: "sha256:p3" });
+  await new Promise((r) => setTimeout(r, 50));
+  waiting.get("sha256:p3")!.reject(new WharfError("UNAVAILABLE", "registry unreachable"));
+  await t.rejects(view, { code: S.UNAVAILABLE, details: /registry unreachable/ });
+  const again = c.call("View", { key: "v3", parent: "sha256:p3" });
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(asked.filter((a) => a.startsWith("sha256:p3")).length, 2, "asked again");
+  mkdirSync(dirOf("sha256:p3"));
+  waiting.get("sha256:p3")!.resolve();
+  await again;
 });

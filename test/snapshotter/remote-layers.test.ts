@@ -1,15 +1,20 @@
-// Kubernetes' path into the remote snapshotter: containerd's unpacker
-// Prepares the layers of a CRI pull one after another, each Prepare waiting
-// for its own layer. The agent's answer to the first of them pulls every
-// layer of the image at once, so that a CRI pull is not one layer at a time.
-// (The three-host CRI pull through real containerds is in containerd.test.)
+// The agent's answers to the remote snapshotter (RemoteLayers), over a
+// replicated state and a puller that record what they are asked.
+//
+// Kubernetes' path: containerd's unpacker Prepares the layers of a CRI pull
+// one after another, each Prepare waiting for its own layer. The agent's
+// answer to the first of them pulls every layer of the image at once, so
+// that a CRI pull is not one layer at a time. `wharf pull --containerd`'s
+// path: its Prepares are answered at once, the layer pending until the pull
+// or a mount above it makes it present. (The three-host pulls through real
+// containerds are in containerd.test.)
 
 import { pino } from "pino";
 import t from "tap";
 import type { Puller } from "../../src/agent/pull.js";
 import type { RaftNode } from "../../src/agent/raftnode.js";
 import { RemoteLayers } from "../../src/agent/snapshots.js";
-import { REF_LABEL, chainIDs } from "../../src/containerd/register.js";
+import { LAYER_LABEL, REF_LABEL, chainIDs } from "../../src/containerd/register.js";
 import type { LayerStore } from "../../src/layers/store.js";
 import type { RegistryClient, ResolvedImage } from "../../src/registry/client.js";
 import { parseReference } from "../../src/registry/reference.js";
@@ -21,12 +26,14 @@ const REF = "registry.test:5000/app/web:1";
 
 function setup(failing: ReadonlySet<string> = new Set()) {
   const ensured: string[] = [];
+  const proposed: string[] = [];
   let resolves = 0;
   // Layer b is in the shared store already.
   const state = { layers: new Map([[layers[1]!.diffID, { state: "present" }]]), refs: new Map<string, string[]>() };
   const node = {
     state,
     propose: async (cmd: { type: string; agent: string; holder: string; layers: string[] }) => {
+      proposed.push(`${cmd.type} ${cmd.holder}`);
       state.refs.set(`${cmd.agent} ${cmd.holder}`, cmd.layers);
       return { ok: true, index: 1 };
     },
@@ -62,7 +69,7 @@ function setup(failing: ReadonlySet<string> = new Set()) {
       parent: i === 0 ? "" : chain[i - 1]!,
       labels: { [REF_LABEL]: chain[i]!, "containerd.io/snapshot/cri.image-ref": REF, "containerd.io/snapshot/cri.layer-digest": layers[i]!.digest },
     });
-  return { ensured, prepare, resolves: () => resolves, state };
+  return { ensured, proposed, prepare, remote, resolves: () => resolves, state };
 }
 
 t.test("the first Prepare of a CRI pull pulls every missing layer of the image", async (t) => {
@@ -83,4 +90,25 @@ t.test("a layer that fails ahead of its Prepare fails that Prepare only", async 
   await new Promise((r) => setTimeout(r, 20));
   t.equal((await s.prepare(2))?.name, chain[2], "the layers that came are used");
   await t.rejects(s.prepare(3), /registry unreachable/, "the failed layer's own Prepare reports it");
+});
+
+t.test("`wharf pull --containerd`'s own label: answered at once, pending; materialize makes the layer present and pins it", async (t) => {
+  const s = setup();
+  const own = (i: number) => ({
+    [REF_LABEL]: chain[i]!,
+    [LAYER_LABEL]: JSON.stringify({ diffID: layers[i]!.diffID, repository: "app/web", blob: layers[i]!.digest, size: layers[i]!.size, mediaType: layers[i]!.mediaType }),
+  });
+  const r = await s.remote.resolve({ key: `extract-0 ${chain[0]}`, parent: "", labels: own(0) });
+  t.match(r, { name: chain[0], dir: `/shared/layers/${"a".repeat(64)}`, pending: true });
+  t.same([s.ensured, s.proposed], [[], []], "nothing pulled or proposed before the answer");
+  await t.rejects(s.remote.resolve({ key: `extract-1 ${chain[1]}`, parent: "", labels: own(1) }), /not the chain id/, "the chain is checked all the same");
+
+  await s.remote.materialize(chain[0]!, own(0));
+  t.same(s.ensured, [layers[0]!.diffID], "a missing layer is pulled");
+  t.same(s.proposed, [`ref.hold snapshot:${chain[0]}`], "then pinned by the snapshot");
+  await s.remote.materialize(chain[0]!, own(0));
+  t.equal(s.proposed.length, 1, "a pinned snapshot proposes nothing more");
+  await s.remote.materialize(chain[1]!, own(1));
+  t.same(s.ensured, [layers[0]!.diffID], "a present layer is only pinned");
+  t.equal(s.proposed.length, 2);
 });
