@@ -450,7 +450,7 @@ function limits(results: readonly ExperimentResult[]): string[] {
       "  again, and the bytes the registry had already sent into the socket were fetched twice. The likely cause is the",
       "  master fencing itself: under CPU load its lease renewals (a Raft proposal every lease/3) commit late. It comes with",
       "  many files per layer (slower extraction) and many hosts; in a separate check (10 hosts, 900 files per layer) it",
-      "  happened in 2 of 3 rounds with the default 2 s lease and in none of 4 with `--lease-ms 10000`.",
+      "  happened in 2 of 3 rounds with a 2 s lease and in none of 4 with `--lease-ms 10000`; the default lease is 5 s since.",
     );
   }
   L.push(

@@ -45,7 +45,7 @@ export interface AgentOptions {
   readonly pullWorkers?: number;
   /** Platform chosen from image indexes (default linux/amd64). */
   readonly platform?: Platform;
-  /** A master's lease on a transfer (ms, default 2000). */
+  /** A master's lease on a transfer (ms, default DEFAULT_LEASE_MS). */
   readonly leaseMs?: number;
   /**
    * Serve containerd's snapshots API (proxy plugin `wharf`) on this unix

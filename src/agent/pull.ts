@@ -66,6 +66,16 @@ export interface ProgressHint {
  * taker waits as long past the end, for clock skew between hosts.
  */
 const FENCE_MARGIN_MS = 150;
+
+/**
+ * A master's lease. It fences itself when no renewal (one every third of a
+ * lease) has committed for about two thirds of a lease: 5 s rides out the
+ * Raft rounds of a loaded machine (10 hosts on 2 cores: rounds of over a
+ * second fenced masters with 2 s leases, and the bytes the registry had
+ * already sent were fetched twice), and a dead master's transfer is taken
+ * over 5 s after its last renewal.
+ */
+export const DEFAULT_LEASE_MS = 5000;
 const TAKEOVER_MARGIN_MS = 250;
 
 /** Errors that are the layer's own fault: every other agent would fail the same way. */
@@ -111,7 +121,7 @@ export class Puller {
 
   constructor(private readonly o: PullerOptions) {
     this.free = o.workers ?? 3;
-    this.leaseMs = o.leaseMs ?? 2000;
+    this.leaseMs = o.leaseMs ?? DEFAULT_LEASE_MS;
     this.events.setMaxListeners(0);
     o.node.state.onLayer = (d) => this.changed(d);
     o.signal.addEventListener("abort", () => {

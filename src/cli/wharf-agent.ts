@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { Command } from "commander";
 import { pino } from "pino";
 import { Agent } from "../agent/agent.js";
+import { DEFAULT_LEASE_MS } from "../agent/pull.js";
 import { serveApi } from "../api/server.js";
 import { WharfError, exitCodeOf } from "../errors.js";
 import { parsePlatform } from "../registry/client.js";
@@ -46,7 +47,7 @@ function withAgentFlags(c: Command): Command {
     .option("--insecure-registry <host:port>", "a registry reached over plain HTTP (repeatable)", (v: string, a: string[]) => [...a, v], [])
     .option("--pull-workers <n>", "layers this agent downloads at once", "3")
     .option("--platform <os/arch[/variant]>", "platform chosen from image indexes", "linux/amd64")
-    .option("--lease-ms <ms>", "a master's lease on a layer transfer, renewed 3 times per period", "2000")
+    .option("--lease-ms <ms>", "a master's lease on a layer transfer, renewed 3 times per period", String(DEFAULT_LEASE_MS))
     .option("--snapshotter-socket <socket>", "serve containerd's snapshots API (proxy plugin \"wharf\") on this unix socket")
     .option("--docker-config <file>", "docker config.json with registry credentials (default: ~/.docker/config.json)");
 }
