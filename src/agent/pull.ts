@@ -106,6 +106,7 @@ interface Job {
 }
 
 export class Puller {
+  private readonly workers: number;
   private free: number;
   private readonly leaseMs: number;
   /** diffID → the download this agent is master of. */
@@ -120,7 +121,8 @@ export class Puller {
   private stealing = false;
 
   constructor(private readonly o: PullerOptions) {
-    this.free = o.workers ?? 3;
+    this.workers = o.workers ?? 3;
+    this.free = this.workers;
     this.leaseMs = o.leaseMs ?? DEFAULT_LEASE_MS;
     this.events.setMaxListeners(0);
     o.node.state.onLayer = (d) => this.changed(d);
@@ -228,8 +230,10 @@ export class Puller {
     const rounds = img.layers.length + 2;
     for (let round = 1; ; round++) {
       const before = outcomes;
-      outcomes = await Promise.all(
-        img.layers.map(async (l, i) => {
+      const order = this.spread(img.layers.length);
+      const settled = await Promise.all(
+        order.map(async (i) => {
+          const l = img.layers[i]!;
           const source = { repository, blob: l.digest, size: l.size, mediaType: l.mediaType };
           // An earlier round's outcome says more than "present" (we pulled it, or waited).
           const earlier = before[i];
@@ -252,6 +256,8 @@ export class Puller {
           }
         }),
       );
+      outcomes = [];
+      order.forEach((i, k) => (outcomes[i] = settled[k]!));
       await stored;
       const held = await this.send(
         {
@@ -550,6 +556,22 @@ export class Puller {
         .catch(() => {});
     }, this.leaseMs / 3);
     this.renewer.unref();
+  }
+
+  /**
+   * The order in which this agent asks for `n` layers: every agent of an
+   * image pull asks for all of them at once, and its free workers go to the
+   * first it asks for. Starting each agent at its own place (its rank among
+   * the members, times its workers) gives the first round of claims a
+   * different master for every layer, where the same order everywhere made
+   * every agent claim the same few layers and left the rest to be stolen one
+   * Raft round at a time.
+   */
+  spread(n: number): number[] {
+    const ids = [...this.o.node.state.members.keys()].sort();
+    const rank = Math.max(0, ids.indexOf(this.o.id));
+    const start = n === 0 ? 0 : (rank * this.workers) % n;
+    return Array.from({ length: n }, (_, k) => (start + k) % n);
   }
 
   private tryWorker(): boolean {

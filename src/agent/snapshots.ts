@@ -149,7 +149,8 @@ export class RemoteLayers {
    * Prepare of that layer, which reports them.
    */
   private prefetch(img: ResolvedImage): void {
-    for (const l of img.layers) {
+    for (const i of this.o.puller.spread(img.layers.length)) {
+      const l = img.layers[i]!;
       if (this.o.node.state.layers.get(l.diffID)?.state === "present") continue;
       this.o.puller.ensureLayer(l.diffID, layerOf(img, l), this.o.signal).catch((e: unknown) => {
         this.o.log.debug({ image: img.reference, layer: l.diffID, err: (e as Error).message }, "prefetch of a layer failed");

@@ -39,6 +39,7 @@ function setup(failing: ReadonlySet<string> = new Set()) {
     },
   };
   const puller = {
+    spread: (n: number) => [...Array(n).keys()],
     ensureLayer: async (diffID: string) => {
       ensured.push(diffID);
       await new Promise((r) => setTimeout(r, 5));
