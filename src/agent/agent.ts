@@ -264,10 +264,11 @@ export class Agent {
   /**
    * Registers an image in a containerd (`wharf pull --containerd`), beside
    * its pull: `present(i)` resolves once layer i is in the shared store.
-   * The snapshots are prepared at once, pending (see RemoteLayers.resolve),
-   * so that containerd's chain is in place when the last layer lands; where
-   * that containerd's snapshotter is this agent's, each snapshot is pinned
-   * as soon as its layer is present, and this resolves once all are.
+   * The snapshots are prepared while the layers are on their way, pending
+   * (see RemoteLayers.resolve), so that containerd's chain is in place when
+   * the last layer lands; where that containerd's snapshotter is this
+   * agent's, each snapshot is pinned as soon as its layer is present, and
+   * this resolves once all are.
    */
   async registerInContainerd(
     img: ResolvedImage,
@@ -287,6 +288,11 @@ export class Agent {
     for (const p of pins) p.catch(() => {});
     const c = new ContainerdClient(to.socket, to.namespace);
     try {
+      // Once a first layer is in place: the claims are answered by then,
+      // and the link is busy. At the very start, containerd's writes and
+      // ours (an fsync each per snapshot, every host at once) held up the
+      // claims' Raft rounds, and with them the first bytes.
+      if (pins.length > 0) await Promise.race(pins);
       await registerImage(c, to.snapshotter, { ...img, repository: formatRepository(img.repository), layers });
       await Promise.all(pins);
       this.opts.log.info({ image: img.reference, containerd: to.socket, layers: layers.length, ms: Math.round(performance.now() - t0) }, "image registered in containerd");
