@@ -80,6 +80,8 @@ export class RemoteLayers {
    * nobody has it).
    */
   async materialize(name: string, labels: Readonly<Record<string, string>>): Promise<void> {
+    // Pinned: done, without describing the layer (CRI's labels would resolve
+    // the image again, a registry round trip on a container's first mount).
     if (this.o.node.state.refs.has(this.holder(name))) return;
     const layer = await this.describe(labels, name);
     if (layer) await this.present(name, layer);
