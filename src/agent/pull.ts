@@ -241,7 +241,7 @@ export class Puller {
           const known = this.o.node.state.layers.get(l.diffID);
           if (known?.state === "present") {
             present[i]!.resolve();
-            return earlier ?? this.found(l.digest, l.size, known.by, false, emit);
+            return earlier ?? this.found(l.digest, l.size, known.by, "present", emit);
           }
           try {
             const r = await this.layer(l.diffID, source, signal, emit);
@@ -290,6 +290,11 @@ export class Puller {
     this.events.on(`hint:${diffID}`, onHint);
     const startedAt = Date.now();
     let waited = false;
+    // How a layer found present came: this agent's own master may have
+    // brought it while this call asked (an idle worker took the transfer
+    // over, and its job ended before this call looked for it): downloaded
+    // here, as a watcher of that job would say.
+    const outcomeOf = (by: string): LayerOutcome["outcome"] => (by === this.o.id ? "downloaded" : waited ? "waited" : "present");
     try {
       emit({ type: "layer", digest, status: "waiting", total: source.size });
       for (;;) {
@@ -315,7 +320,7 @@ export class Puller {
         // here once its lease ends.
         const st = this.o.node.state;
         const known = st.layers.get(diffID);
-        if (waited && known?.state === "present") return this.found(digest, source.size, known.by, true, emit);
+        if (waited && known?.state === "present") return this.found(digest, source.size, known.by, outcomeOf(known.by), emit);
         const pulling = st.transfers.get(diffID);
         if (pulling && pulling.owner !== "" && pulling.owner !== this.o.id && st.leaseValid(pulling.owner, Date.now())) {
           waited = true;
@@ -341,7 +346,10 @@ export class Puller {
           continue;
         }
         if (worker) this.releaseWorker();
-        if (answer.kind === "present") return this.found(digest, source.size, st.layers.get(diffID)?.by ?? "", waited, emit);
+        if (answer.kind === "present") {
+          const by = st.layers.get(diffID)?.by ?? "";
+          return this.found(digest, source.size, by, outcomeOf(by), emit);
+        }
         if (answer.kind === "pulling" || answer.kind === "queued") waited = true;
         if (answer.kind === "deleting" && answer.by === this.o.id) {
           throw new WharfError("BUSY", `layer ${diffID} is being deleted by this agent`);
@@ -357,9 +365,9 @@ export class Puller {
     }
   }
 
-  private found(digest: string, size: number, by: string, waited: boolean, emit: (e: PullEvent) => void): LayerOutcome {
-    emit({ type: "layer", digest, status: waited ? "done" : "present", total: size, by });
-    return { outcome: waited ? "waited" : "present", by, fetched: 0 };
+  private found(digest: string, size: number, by: string, outcome: LayerOutcome["outcome"], emit: (e: PullEvent) => void): LayerOutcome {
+    emit({ type: "layer", digest, status: outcome === "present" ? "present" : "done", total: size, by });
+    return { outcome, by, fetched: 0 };
   }
 
   /** The layer failed for good (its content's fault) since this wait began: every waiter fails with it. */
