@@ -9,6 +9,8 @@ import { z } from "zod";
 
 const nodeId = z.string().min(1).max(128);
 const digest = z.string().regex(/^sha256:[0-9a-f]{64}$/);
+/** What holds layers within an agent, besides images (e.g. "snapshot:NAME"). */
+const refHolder = z.string().min(1).max(512);
 const reference = z.string().min(1).max(512);
 const platform = z.object({ os: z.string().max(64), architecture: z.string().max(64), variant: z.string().max(64).optional() });
 
@@ -85,8 +87,19 @@ export const commandSchema = z.discriminatedUnion("type", [
    * A reference of `agent` other than an image (a containerd snapshot, a
    * container) pins `layers`; `holder` names it within the agent.
    */
-  z.object({ type: z.literal("ref.hold"), agent: nodeId, holder: z.string().min(1).max(512), layers: z.array(digest).max(1024) }),
-  z.object({ type: z.literal("ref.release"), agent: nodeId, holder: z.string().min(1).max(512) }),
+  z.object({ type: z.literal("ref.hold"), agent: nodeId, holder: refHolder, layers: z.array(digest).max(1024) }),
+  /**
+   * Several such references at once (the snapshots of an image registered
+   * in a containerd: one entry, where one per snapshot made the log and
+   * the cluster's Raft traffic several times longer). All or none: refused
+   * if any of their layers is not present.
+   */
+  z.object({
+    type: z.literal("refs.hold"),
+    agent: nodeId,
+    refs: z.array(z.object({ holder: refHolder, layers: z.array(digest).max(1024) })).min(1).max(1024),
+  }),
+  z.object({ type: z.literal("ref.release"), agent: nodeId, holder: refHolder }),
 ]);
 
 export type Command = z.infer<typeof commandSchema>;
@@ -318,10 +331,12 @@ export class ClusterState {
         });
         return { ok: true, index };
       }
-      case "ref.hold": {
-        const missing = c.layers.find((d) => this.layers.get(d)?.state !== "present");
+      case "ref.hold":
+      case "refs.hold": {
+        const refs = c.type === "ref.hold" ? [c] : c.refs;
+        const missing = refs.flatMap((r) => r.layers).find((d) => this.layers.get(d)?.state !== "present");
         if (missing !== undefined) return { ok: false, code: "BUSY", error: `layer ${missing} is not present` };
-        this.refs.set(`${c.agent} ${c.holder}`, c.layers);
+        for (const r of refs) this.refs.set(`${c.agent} ${r.holder}`, r.layers);
         return { ok: true, index };
       }
       case "ref.release":

@@ -267,8 +267,8 @@ export class Agent {
    * The snapshots are prepared while the layers are on their way, pending
    * (see RemoteLayers.resolve), so that containerd's chain is in place when
    * the last layer lands; where that containerd's snapshotter is this
-   * agent's, each snapshot is pinned as soon as its layer is present, and
-   * this resolves once all are.
+   * agent's, they are pinned, in one proposal, once every layer is present,
+   * and this resolves then.
    */
   async registerInContainerd(
     img: ResolvedImage,
@@ -280,30 +280,23 @@ export class Agent {
     const diffIDs = layers.map((l) => l.diffID);
     const names = chainIDs(diffIDs);
     const own = this.snapshotter;
-    const pinned: string[] = [];
-    const pins = names.map(async (name, i) => {
-      await present(i);
-      if (own && (await own.remote.pin(name, diffIDs[i]!))) pinned.push(name);
-    });
-    for (const p of pins) p.catch(() => {});
+    const layersIn = names.map((_, i) => present(i));
+    for (const p of layersIn) p.catch(() => {});
     const c = new ContainerdClient(to.socket, to.namespace);
     try {
       // Once a first layer is in place: the claims are answered by then,
       // and the link is busy. At the very start, containerd's writes and
       // ours (an fsync each per snapshot, every host at once) held up the
       // claims' Raft rounds, and with them the first bytes.
-      if (pins.length > 0) await Promise.race(pins);
+      if (layersIn.length > 0) await Promise.race(layersIn);
       await registerImage(c, to.snapshotter, { ...img, repository: formatRepository(img.repository), layers });
-      await Promise.all(pins);
+      // The snapshots are made (pending until their layers are in place):
+      // pinned all at once, beside the pull's hold of the image. If
+      // anything fails before, the snapshots made stay pending, and a mount
+      // above them makes their layers present and pins them.
+      await Promise.all(layersIn);
+      await own?.remote.pin(names.map((name, i) => ({ name, diffID: diffIDs[i]! })));
       this.opts.log.info({ image: img.reference, containerd: to.socket, layers: layers.length, ms: Math.round(performance.now() - t0) }, "image registered in containerd");
-    } catch (e) {
-      // Not this agent's snapshotter after all, or containerd failed, or a
-      // layer did not come: pins without a snapshot would hold their layers
-      // forever. Snapshots already made stay, pending: a mount above them
-      // makes their layers present.
-      await Promise.allSettled(pins);
-      await own?.remote.unpin(pinned, (n) => own.sn.stat(n).then(() => true, () => false)).catch(() => {});
-      throw e;
     } finally {
       c.close();
     }

@@ -100,18 +100,21 @@ export class RemoteLayers {
   }
 
   /**
-   * Pins the snapshot `name` of a present layer before `wharf pull
-   * --containerd` prepares it: the Prepare then finds its hold in place and
-   * proposes nothing. True if this call pinned it (for `unpin` if
-   * registering fails); false if it was pinned already or the layer went away.
+   * Pins the snapshots of an image that `wharf pull --containerd` registered,
+   * once their layers are present: one proposal for all of them. If a layer
+   * went away in between, each is pinned on its own, and a snapshot whose
+   * layer is gone stays pending (a mount above it makes the layer present
+   * again). Returns the names pinned.
    */
-  async pin(name: string, diffID: string): Promise<boolean> {
-    return !this.held(name, diffID) && (await this.holdOnce(name, diffID));
-  }
-
-  /** Releases the pins of `pin` whose snapshot was never made (`exists` says which were). */
-  async unpin(names: readonly string[], exists: (name: string) => Promise<boolean>): Promise<void> {
-    for (const n of names) if (!(await exists(n))) await this.removed(n);
+  async pin(snapshots: readonly { name: string; diffID: string }[]): Promise<string[]> {
+    const todo = snapshots.filter((x) => !this.held(x.name, x.diffID));
+    if (todo.length === 0) return [];
+    const refs = todo.map((x) => ({ holder: `snapshot:${x.name}`, layers: [x.diffID] }));
+    const r = await this.o.node.propose({ type: "refs.hold", agent: this.o.id, refs }, AbortSignal.timeout(15_000));
+    if (r.ok) return todo.map((x) => x.name);
+    const pinned: string[] = [];
+    for (const x of todo) if (await this.holdOnce(x.name, x.diffID)) pinned.push(x.name);
+    return pinned;
   }
 
   /** The holder, in the replicated state, of this host's snapshot `name`. */

@@ -32,9 +32,13 @@ function setup(failing: ReadonlySet<string> = new Set()) {
   const state = { layers: new Map([[layers[1]!.diffID, { state: "present" }]]), refs: new Map<string, string[]>() };
   const node = {
     state,
-    propose: async (cmd: { type: string; agent: string; holder: string; layers: string[] }) => {
-      proposed.push(`${cmd.type} ${cmd.holder}`);
-      state.refs.set(`${cmd.agent} ${cmd.holder}`, cmd.layers);
+    // A hold is refused, as the state machine would, if a layer is not present.
+    propose: async (cmd: { type: string; agent: string; holder?: string; layers?: string[]; refs?: { holder: string; layers: string[] }[] }) => {
+      const refs = cmd.refs ?? [{ holder: cmd.holder!, layers: cmd.layers! }];
+      proposed.push(`${cmd.type} ${refs.map((r) => r.holder).join(" ")}`);
+      const missing = refs.flatMap((r) => r.layers).find((d) => state.layers.get(d)?.state !== "present");
+      if (missing) return { ok: false, code: "BUSY", error: `layer ${missing} is not present` };
+      for (const r of refs) state.refs.set(`${cmd.agent} ${r.holder}`, r.layers);
       return { ok: true, index: 1 };
     },
   };
@@ -112,4 +116,20 @@ t.test("`wharf pull --containerd`'s own label: answered at once, pending; materi
   await s.remote.materialize(chain[1]!, own(1));
   t.same(s.ensured, [layers[0]!.diffID], "a present layer is only pinned");
   t.equal(s.proposed.length, 2);
+});
+
+t.test("`wharf pull --containerd` pins an image's snapshots in one proposal; one by one if a layer went away", async (t) => {
+  const s = setup();
+  const snaps = [0, 1, 2].map((i) => ({ name: chain[i]!, diffID: layers[i]!.diffID }));
+  for (const i of [0, 2]) s.state.layers.set(layers[i]!.diffID, { state: "present" });
+  t.same(await s.remote.pin(snaps), chain.slice(0, 3), "all pinned");
+  t.same(s.proposed, [`refs.hold ${chain.slice(0, 3).map((n) => `snapshot:${n}`).join(" ")}`], "in one entry");
+  t.same(await s.remote.pin(snaps), [], "pinned ones propose nothing more");
+  t.equal(s.proposed.length, 1);
+
+  const later = setup();
+  later.state.layers.set(layers[0]!.diffID, { state: "present" }); // layer c (2) went away
+  t.same(await later.remote.pin(snaps), [chain[0], chain[1]], "the snapshots whose layers are there are pinned");
+  t.same(later.proposed.slice(1), [0, 1, 2].map((i) => `ref.hold snapshot:${chain[i]}`), "one by one after the refusal");
+  t.notOk(later.state.refs.has(`agent-1 snapshot:${chain[2]}`), "the one whose layer is gone stays pending");
 });

@@ -3,7 +3,7 @@
 // determinism (the same log gives the same state, snapshots included).
 
 import t from "tap";
-import { type ApplyResult, ClusterState, type Command, type Envelope } from "../../store/state.js";
+import { type ApplyResult, ClusterState, type Command, type Envelope, commandSchema } from "../../store/state.js";
 
 const D = (n: number): string => `sha256:${n.toString(16).padStart(64, "0")}`;
 const source = { repository: "127.0.0.1:5000/app", blob: D(900), size: 100, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip" };
@@ -101,6 +101,29 @@ t.test("deletion: refused while referenced; a claim meanwhile waits; takeover af
   t.notOk(l.apply(10 + LEASE, { type: "layer.deleted", diffID: D(1), agent: "a" }).ok, "the old deleter is fenced");
   t.ok(l.apply(11 + LEASE, { type: "layer.deleted", diffID: D(1), agent: "c" }).ok);
   t.same(l.claim(12 + LEASE, "c"), { kind: "master", attempt: 1 });
+});
+
+t.test("several references held in one entry: all of them, or none if a layer is missing", async (t) => {
+  const l = new Log();
+  l.claim(0, "a");
+  l.apply(1, { type: "layer.commit", diffID: D(1), agent: "a", attempt: 1, unpacked: 1 });
+  l.claim(2, "a", D(2));
+  const both: Command = {
+    type: "refs.hold",
+    agent: "b",
+    refs: [
+      { holder: "snapshot:1", layers: [D(1)] },
+      { holder: "snapshot:2", layers: [D(2)] },
+    ],
+  };
+  t.match(l.apply(3, both), { ok: false, code: "BUSY" }, "refused while layer 2 is on its way");
+  t.equal(l.s.refs.size, 0, "and nothing is held");
+  l.apply(4, { type: "layer.commit", diffID: D(2), agent: "a", attempt: 1, unpacked: 1 });
+  t.ok(l.apply(5, both).ok);
+  t.same([l.s.referenced(D(1)), l.s.referenced(D(2))], ["b snapshot:1", "b snapshot:2"], "each layer held by its own reference");
+  l.apply(6, { type: "ref.release", agent: "b", holder: "snapshot:1" });
+  t.same([l.s.referenced(D(1)), l.s.referenced(D(2))], [undefined, "b snapshot:2"], "released one by one");
+  t.notOk(commandSchema.safeParse({ type: "refs.hold", agent: "b", refs: [] }).success, "an empty list is malformed");
 });
 
 t.test("removing a member releases its holds and its transfers", async (t) => {
