@@ -119,6 +119,8 @@ export class Puller {
   /** Progress of this agent's downloads, gossiped with each lease renewal. */
   private readonly progress = new Map<string, ProgressHint>();
   private stealing = false;
+  /** This agent's claims not answered yet. */
+  private readonly claiming = new Set<Promise<ClaimAnswer>>();
 
   constructor(private readonly o: PullerOptions) {
     this.workers = o.workers ?? 3;
@@ -290,6 +292,7 @@ export class Puller {
     this.events.on(`hint:${diffID}`, onHint);
     const startedAt = Date.now();
     let waited = false;
+    let deferred = false;
     // How a layer found present came: this agent's own master may have
     // brought it while this call asked (an idle worker took the transfer
     // over, and its job ended before this call looked for it): downloaded
@@ -329,6 +332,18 @@ export class Puller {
           continue;
         }
         const worker = this.tryWorker();
+        if (!worker && !deferred && this.claiming.size > 0) {
+          // No worker here: a claim would only queue this agent as a
+          // waiter. Every agent of an image pull asks for all its layers
+          // at once, each first with its own few: once this agent's first
+          // claims are answered, those of the others, made at the same
+          // moment, are mostly applied too, and a layer another agent took
+          // is waited for above without any proposal. (Ten agents asking
+          // for everything made ten claims per layer.)
+          deferred = true;
+          await abortable(Promise.allSettled([...this.claiming]), signal);
+          continue;
+        }
         let answer: ClaimAnswer;
         try {
           answer = await this.claim(diffID, source, { queued: !worker }, signal);
@@ -378,13 +393,17 @@ export class Puller {
 
   private claim(diffID: string, source: LayerSource, how: { queued: boolean; steal?: boolean }, signal: AbortSignal): Promise<ClaimAnswer> {
     const sent = Date.now();
-    return this.proposeFor(
+    const answer = this.proposeFor(
       { type: "layer.claim", diffID, agent: this.o.id, source, queued: how.queued, ...(how.steal ? { steal: true } : {}), leaseMs: this.leaseMs },
       signal,
     ).then((r) => {
       if (r.kind === "master") this.extendFence(sent);
       return r;
     });
+    this.claiming.add(answer);
+    const settled = (): void => void this.claiming.delete(answer);
+    answer.then(settled, settled);
+    return answer;
   }
 
   /** Waits for a change of the layer, a free worker (if `forWorker`), or a lease end (+ margin for clock skew). */
