@@ -86,7 +86,16 @@ export interface Summary {
   smallImageOverhead: number | null;
   detail: {
     registryBytesRatioByHosts: { hosts: number; ratio: number }[];
-    at: { hosts: number; rateMbit: number; imageBytes: number; idealSeconds: number; wharfP99Seconds: number | null; limitRatioP99: number | null } | null;
+    at: {
+      hosts: number;
+      rateMbit: number;
+      imageBytes: number;
+      idealSeconds: number;
+      wharfP99Seconds: number | null;
+      localP99Seconds?: number | null;
+      speedupVsLocalMean?: number | null;
+      limitRatioMean?: number | null;
+    } | null;
     smallCli: number | null;
   };
 }
@@ -366,12 +375,18 @@ export function writeReport(benchDir: string, results: readonly ExperimentResult
     "| ratio | target | measured | |",
     "| --- | --- | ---: | --- |",
     `| registry bytes of wharf / image size (layer blobs), worst host count | exactly 1.0 at every host count | ${summary.registryBytesRatio ?? "–"} | ${ok(summary.registryBytesRatio, (v) => v === 1)} |`,
-    `| containerd-local time / wharf time, ${summary.hosts} hosts, ${summary.detail.at?.rateMbit ?? 100} Mbit/s | ≥ ${0.8 * summary.hosts} (0.8 × hosts) | ${summary.speedupVsLocal ?? "–"} | ${ok(summary.speedupVsLocal, (v) => v >= 0.8 * summary.hosts)} |`,
-    `| wharf time / (image bytes ÷ registry bandwidth), same point | ≤ 1.15 | ${summary.limitRatio ?? "–"} | ${ok(summary.limitRatio, (v) => v <= 1.15)} |`,
+    `| containerd-local time / wharf time until every host can run the image, ${summary.hosts} hosts, ${summary.detail.at?.rateMbit ?? 100} Mbit/s | ≥ ${0.8 * summary.hosts} (0.8 × hosts) | ${summary.speedupVsLocal ?? "–"} | ${ok(summary.speedupVsLocal, (v) => v >= 0.8 * summary.hosts)} |`,
+    `| wharf time until every host can run the image / (image bytes ÷ registry bandwidth), same point | ≤ 1.15 | ${summary.limitRatio ?? "–"} | ${ok(summary.limitRatio, (v) => v <= 1.15)} |`,
     `| wharf / containerd-local, one host, small layers | ≤ 1.1 | ${summary.smallImageOverhead ?? "–"} | ${ok(summary.smallImageOverhead, (v) => v <= 1.1)} |`,
     "",
     `Registry bytes ratio per host count: ${summary.detail.registryBytesRatioByHosts.map((x) => `${x.hosts} → ${x.ratio}`).join(", ") || "–"}.` +
-      (summary.detail.at ? ` At ${summary.detail.at.hosts} hosts the slowest wharf host took ${summary.detail.at.wharfP99Seconds} s (${summary.detail.at.limitRatioP99} × ideal ${summary.detail.at.idealSeconds} s).` : "") +
+      (summary.detail.at
+        ? ` At ${summary.detail.at.hosts} hosts the slowest wharf host took ${summary.detail.at.wharfP99Seconds} s (ideal ${summary.detail.at.idealSeconds} s)` +
+          (summary.detail.at.localP99Seconds != null ? `, the slowest containerd-local host ${summary.detail.at.localP99Seconds} s` : "") +
+          (summary.detail.at.speedupVsLocalMean != null
+            ? `. On the mean host instead (containerd-local's mean depends on how TCP shares the link among its pulls), the two ratios are ${summary.detail.at.speedupVsLocalMean} and ${summary.detail.at.limitRatioMean}.`
+            : ".")
+        : "") +
       (summary.detail.smallCli !== null ? ` With the CLI's own start-up (wharf-cli), the small-image ratio is ${summary.detail.smallCli}.` : ""),
     "",
   );

@@ -723,8 +723,9 @@ async function main(): Promise<void> {
   writeReport(HERE, loadResults(), summary);
   printTables(results);
   console.log(`\nregistry bytes of wharf / image (layers), at ${summary.detail.registryBytesRatioByHosts.map((x) => `${x.hosts} hosts: ${x.ratio}`).join(", ")}`);
-  console.log(`containerd-local / wharf time at ${summary.hosts} hosts, ${STD_RATE} Mbit/s: ${summary.speedupVsLocal} (target >= ${0.8 * summary.hosts})`);
-  console.log(`wharf time / (image bytes / bandwidth): ${summary.limitRatio} (target <= 1.15)`);
+  const at = summary.detail.at;
+  console.log(`containerd-local / wharf time until every host can run the image, ${summary.hosts} hosts, ${STD_RATE} Mbit/s: ${summary.speedupVsLocal} (target >= ${0.8 * summary.hosts}; on the mean host ${at?.speedupVsLocalMean ?? "-"})`);
+  console.log(`wharf time until every host can run the image / (image bytes / bandwidth): ${summary.limitRatio} (target <= 1.15; on the mean host ${at?.limitRatioMean ?? "-"})`);
   console.log(`wharf / containerd-local, one host, small layers: ${summary.smallImageOverhead} (target <= 1.1)`);
   console.log(`bench/REPORT.md, bench/results/, bench/plots/ written in ${((performance.now() - t0) / 60000).toFixed(1)} min`);
   console.log(
@@ -775,13 +776,28 @@ function headline(results: readonly ExperimentResult[], mode: string, started: s
     started,
     minutes: round(seconds / 60, 1),
     registryBytesRatio: byHosts.length ? byHosts.reduce((m, x) => (Math.abs(x.ratio - 1) > Math.abs(m - 1) ? x.ratio : m), 1) : null,
-    speedupVsLocal: ratio(at?.configs["containerd-local"]?.meanSeconds, at?.configs.wharf?.meanSeconds),
+    // Until every host can run the image: the slowest host (p99 over 10
+    // hosts). containerd-local's mean host depends on how TCP happens to
+    // share the link among its pulls (33-39 s over identical runs whose
+    // slowest host took 42-45 s); the slowest host is what the link allows.
+    speedupVsLocal: ratio(at?.configs["containerd-local"]?.p99Seconds, at?.configs.wharf?.p99Seconds),
     hosts: at?.hosts ?? STD_HOSTS,
-    limitRatio: ratio(at?.configs.wharf?.meanSeconds, at?.idealSeconds),
+    limitRatio: ratio(at?.configs.wharf?.p99Seconds, at?.idealSeconds),
     smallImageOverhead: ratio(small?.configs.wharf?.meanSeconds, small?.configs["containerd-local"]?.meanSeconds),
     detail: {
       registryBytesRatioByHosts: byHosts,
-      at: at ? { hosts: at.hosts, rateMbit: at.rateMbit, imageBytes: at.image.layerBytes, idealSeconds: at.idealSeconds, wharfP99Seconds: at.configs.wharf?.p99Seconds ?? null, limitRatioP99: ratio(at.configs.wharf?.p99Seconds, at.idealSeconds) } : null,
+      at: at
+        ? {
+            hosts: at.hosts,
+            rateMbit: at.rateMbit,
+            imageBytes: at.image.layerBytes,
+            idealSeconds: at.idealSeconds,
+            wharfP99Seconds: at.configs.wharf?.p99Seconds ?? null,
+            localP99Seconds: at.configs["containerd-local"]?.p99Seconds ?? null,
+            speedupVsLocalMean: ratio(at.configs["containerd-local"]?.meanSeconds, at.configs.wharf?.meanSeconds),
+            limitRatioMean: ratio(at.configs.wharf?.meanSeconds, at.idealSeconds),
+          }
+        : null,
       smallCli: ratio(small?.configs["wharf-cli"]?.meanSeconds, small?.configs["containerd-local"]?.meanSeconds),
     },
   };
