@@ -417,6 +417,42 @@ function timeFileCpu(file: string): number {
 const sum = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** CPU time busy and total (jiffies, all CPUs), and microseconds some task stalled on IO (0 without PSI). */
+function machineCounters(): { busy: number; total: number; ioStallUs: number } {
+  const cpu = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = sum(cpu);
+  const idle = (cpu[3] ?? 0) + (cpu[4] ?? 0);
+  let ioStallUs = 0;
+  try {
+    ioStallUs = Number(/^some .*total=(\d+)/m.exec(readFileSync("/proc/pressure/io", "utf8"))?.[1] ?? 0);
+  } catch {
+    // No pressure stall information on this kernel: the CPU alone decides.
+  }
+  return { busy: total - idle, total, ioStallUs };
+}
+
+/**
+ * Before each timed run (untimed): `sync`, then waits until a quarter of a
+ * second passes with the CPUs at most a quarter busy and tasks stalled on
+ * IO for at most a tenth of it, for at most 20 s. The previous run's
+ * clean-up (a gigabyte of snapshots deleted after a 10-host containerd
+ * run) and its writeback would otherwise go on in the next configuration's
+ * time, whichever it is.
+ */
+async function quiet(): Promise<void> {
+  await run("sync", []);
+  const until = performance.now() + 20_000;
+  let a = machineCounters();
+  while (performance.now() < until) {
+    await sleep(250);
+    const b = machineCounters();
+    const cpuBusy = (b.busy - a.busy) / Math.max(1, b.total - a.total);
+    const ioStalled = (b.ioStallUs - a.ioStallUs) / 250_000;
+    a = b;
+    if (cpuBusy <= 0.25 && ioStalled <= 0.1) return;
+  }
+}
+
 async function runConfig(bed: Bed, config: ConfigName, img: BuiltImage, ref: string, work: string, logOffset: number): Promise<RunResult> {
   const hosts = bed.hosts;
   const local = config === "containerd-local";
@@ -431,8 +467,7 @@ async function runConfig(bed: Bed, config: ConfigName, img: BuiltImage, ref: str
   const sharedDirs = local ? [] : naive ? storeDirs : bed.wharfStoreDirs();
   const storedBefore = await du(storeDirs);
   const sharedBefore = await du(sharedDirs);
-  await run("sync", []);
-  await sleep(200);
+  await quiet();
   const cpuBefore = daemonPids.map(cpuOf);
   const timeFiles = hosts.map((h, i) => join(work, `time-${i}`));
   for (const f of timeFiles) rmSync(f, { force: true });
