@@ -11,9 +11,10 @@
 // renamed into place; a crash leaves at most a tmp/ entry, which the agent
 // that owns it collects when it starts again.
 
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdir, open, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
+import type { Socket } from "node:net";
 import { dirname, join } from "node:path";
 
 const HEX = /^sha256:([0-9a-f]{64})$/;
@@ -35,17 +36,68 @@ async function syncDir(dir: string): Promise<void> {
 }
 
 /**
- * Flushes a whole tree to stable storage in one call: `sync -f` is syncfs(2)
- * on the file system holding the tree, far cheaper than an fsync per file of
- * a layer with thousands of them.
+ * Flushes a whole tree to stable storage in one call: syncfs(2) on the file
+ * system holding it, far cheaper than an fsync per file of a layer with
+ * thousands of them (a Debian layer of 16,000 entries: 0.4 s against 2.2 s).
+ * Node lacks syncfs: `sync -f` makes the call, run by one long-lived
+ * shell per process: forking the agent itself for each layer (hundreds of
+ * megabytes of address space) blocked its event loop, and with it its Raft
+ * rounds, for tens of milliseconds per layer on a busy host. Calls run one
+ * after another, in order.
  */
-function syncFs(path: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const p = spawn("sync", ["-f", path], { stdio: "ignore" });
-    p.once("error", reject);
-    p.once("exit", (code) => (code === 0 ? resolve() : reject(new Error(`sync -f ${path} exited with ${code}`))));
-  });
+class SyncFs {
+  private sh: ChildProcess | undefined;
+  private readonly waiting: { path: string; resolve: () => void; reject: (e: Error) => void }[] = [];
+  private out = "";
+
+  run(path: string): Promise<void> {
+    if (path.includes("\n")) return Promise.reject(new Error(`cannot sync a path with a newline: ${JSON.stringify(path)}`));
+    const sh = this.shell();
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ path, resolve, reject });
+      this.hold(sh);
+      sh.stdin!.write(`${path}\n`);
+    });
+  }
+
+  /** The shell keeps its process running only while calls wait for it. */
+  private hold(sh: ChildProcess): void {
+    const on = this.waiting.length > 0;
+    for (const h of [sh, sh.stdin, sh.stdout] as unknown as Socket[]) {
+      if (on) h.ref();
+      else h.unref();
+    }
+  }
+
+  private shell(): ChildProcess {
+    if (this.sh) return this.sh;
+    const sh = spawn("sh", ["-c", 'while IFS= read -r p; do sync -f -- "$p"; echo "$?"; done'], { stdio: ["pipe", "pipe", "ignore"] });
+    this.sh = sh;
+    sh.stdin!.on("error", () => {});
+    sh.stdout!.setEncoding("utf8");
+    sh.stdout!.on("data", (d: string) => {
+      this.out += d;
+      for (let i = this.out.indexOf("\n"); i >= 0; i = this.out.indexOf("\n")) {
+        const code = this.out.slice(0, i);
+        this.out = this.out.slice(i + 1);
+        const w = this.waiting.shift();
+        if (code === "0") w?.resolve();
+        else w?.reject(new Error(`sync -f ${w.path} exited with ${code}`));
+      }
+      this.hold(sh);
+    });
+    const gone = (e?: Error): void => {
+      if (this.sh === sh) this.sh = undefined;
+      this.out = "";
+      for (const w of this.waiting.splice(0)) w.reject(e ?? new Error(`sync -f ${w.path}: the helper shell exited`));
+    };
+    sh.once("error", gone);
+    sh.once("exit", () => gone());
+    return sh;
+  }
 }
+
+const syncFs = new SyncFs();
 
 export class LayerStore {
   constructor(
@@ -96,7 +148,7 @@ export class LayerStore {
    */
   async commitLayer(tmp: string, diffID: string): Promise<string> {
     const target = this.layerPath(diffID);
-    await syncFs(tmp);
+    await syncFs.run(tmp);
     try {
       await rename(tmp, target);
     } catch (e) {
