@@ -43,6 +43,9 @@ export interface RemoteLayersOptions {
   readonly signal: AbortSignal;
 }
 
+/** How a snapshot `name` of this host holds its layer, within the agent, in the replicated state. */
+const snapshotRef = (name: string): string => `snapshot:${name}`;
+
 export class RemoteLayers {
   /** Images resolved for CRI's labels, by reference (a pull Prepares every layer of one image). */
   private readonly resolved = new Map<string, Promise<ResolvedImage>>();
@@ -109,7 +112,7 @@ export class RemoteLayers {
   async pin(snapshots: readonly { name: string; diffID: string }[]): Promise<string[]> {
     const todo = snapshots.filter((x) => !this.held(x.name, x.diffID));
     if (todo.length === 0) return [];
-    const refs = todo.map((x) => ({ holder: `snapshot:${x.name}`, layers: [x.diffID] }));
+    const refs = todo.map((x) => ({ holder: snapshotRef(x.name), layers: [x.diffID] }));
     const r = await this.o.node.propose({ type: "refs.hold", agent: this.o.id, refs }, AbortSignal.timeout(15_000));
     if (r.ok) return todo.map((x) => x.name);
     const pinned: string[] = [];
@@ -119,7 +122,7 @@ export class RemoteLayers {
 
   /** The holder, in the replicated state, of this host's snapshot `name`. */
   private holder(name: string): string {
-    return `${this.o.id} snapshot:${name}`;
+    return `${this.o.id} ${snapshotRef(name)}`;
   }
 
   private held(name: string, diffID: string): boolean {
@@ -127,14 +130,14 @@ export class RemoteLayers {
   }
 
   private async holdOnce(name: string, diffID: string): Promise<boolean> {
-    const r = await this.o.node.propose({ type: "ref.hold", agent: this.o.id, holder: `snapshot:${name}`, layers: [diffID] }, AbortSignal.timeout(15_000));
+    const r = await this.o.node.propose({ type: "ref.hold", agent: this.o.id, holder: snapshotRef(name), layers: [diffID] }, AbortSignal.timeout(15_000));
     if (!r.ok) this.o.log.info({ snapshot: name, why: r.error }, "layer went away before the snapshot held it");
     return r.ok;
   }
 
   /** The snapshotter forgot an external snapshot: this host no longer pins its layer. */
   async removed(name: string): Promise<void> {
-    const r = await this.o.node.propose({ type: "ref.release", agent: this.o.id, holder: `snapshot:${name}` }, AbortSignal.timeout(15_000));
+    const r = await this.o.node.propose({ type: "ref.release", agent: this.o.id, holder: snapshotRef(name) }, AbortSignal.timeout(15_000));
     if (!r.ok) this.o.log.warn({ snapshot: name, err: r.error }, "releasing a snapshot's layer failed");
   }
 
