@@ -21,7 +21,7 @@ import { EventEmitter } from "node:events";
 import { rm } from "node:fs/promises";
 import type { Logger } from "pino";
 import type { ApplyResult, ClaimAnswer, Command, LayerSource } from "../../store/state.js";
-import { abortable } from "../abortable.js";
+import { abortable, linked } from "../abortable.js";
 import { WharfError, asErrorCode, errorCodeOf } from "../errors.js";
 import { extractLayer } from "../layers/extract.js";
 import type { LayerStore } from "../layers/store.js";
@@ -179,10 +179,22 @@ export class Puller {
       alongside?: (img: ResolvedImage, present: (i: number) => Promise<void>) => Promise<void>;
     },
   ): Promise<PullSummary> {
+    const link = linked([opts.signal, this.o.signal]);
+    try {
+      return await this.pullWith(refText, opts, link.signal);
+    } finally {
+      link.done();
+    }
+  }
+
+  private async pullWith(
+    refText: string,
+    opts: Parameters<Puller["pull"]>[1],
+    signal: AbortSignal,
+  ): Promise<PullSummary> {
     const t0 = performance.now();
     const ref = parseReference(refText);
     const emit = opts.onEvent ?? (() => {});
-    const signal = AbortSignal.any([opts.signal, this.o.signal]);
     const platform = opts.platform ?? this.o.platform;
     const img = await this.o.registry.resolve(ref, { signal, ...(platform ? { platform } : {}) });
     emit({ type: "resolved", reference: img.reference, manifestDigest: img.manifestDigest, layers: img.layers.map((l) => ({ digest: l.digest, size: l.size })) });
@@ -281,7 +293,12 @@ export class Puller {
 
   /** Makes a layer present in the shared store (cooperatively), for a snapshot that needs it. */
   async ensureLayer(diffID: string, source: LayerSource, signal: AbortSignal): Promise<LayerOutcome> {
-    return this.layer(diffID, source, AbortSignal.any([signal, this.o.signal]), () => {});
+    const link = linked([signal, this.o.signal]);
+    try {
+      return await this.layer(diffID, source, link.signal, () => {});
+    } finally {
+      link.done();
+    }
   }
 
   /** One layer wanted by a local pull, until it is present (or failed for good). */
@@ -470,9 +487,25 @@ export class Puller {
   }
 
   private async download(diffID: string, source: LayerSource, attempt: number, signal: AbortSignal, emit: (e: PullEvent) => void): Promise<LayerOutcome> {
+    const link = linked([signal, this.o.signal]);
+    try {
+      return await this.downloadWith(diffID, source, attempt, signal, link.signal, emit);
+    } finally {
+      link.done();
+    }
+  }
+
+  /** `download`, where `fenced` aborts with the attempt's `signal` or the agent's. */
+  private async downloadWith(
+    diffID: string,
+    source: LayerSource,
+    attempt: number,
+    signal: AbortSignal,
+    fenced: AbortSignal,
+    emit: (e: PullEvent) => void,
+  ): Promise<LayerOutcome> {
     const store = this.o.store;
     const compression = LAYER_MEDIA_TYPES.get(source.mediaType) ?? "gzip";
-    const fenced = AbortSignal.any([signal, this.o.signal]);
     let fetched = 0;
     let unpacked = 0;
     if (await store.hasLayer(diffID)) {
@@ -490,12 +523,13 @@ export class Puller {
         // Stops this try's registry request the moment it fails: the transfer
         // is given up below, and a new master must not overlap with us.
         const attemptAbort = new AbortController();
+        const request = linked([fenced, attemptAbort.signal]);
         try {
           let last = 0;
           const repo = parseReference(source.repository);
           const blob = this.o.registry.openBlob(repo, { digest: source.blob, size: source.size }, {
             partialFile: store.partialPath(source.blob),
-            signal: AbortSignal.any([fenced, attemptAbort.signal]),
+            signal: request.signal,
             onProgress: (p) => {
               fetched = before + p.fromNetwork;
               this.checkFence(diffID);
@@ -528,6 +562,8 @@ export class Puller {
           const error = content ? { code, message: (e as Error).message.slice(0, 2000) } : undefined;
           await this.send({ type: "layer.abort", diffID, agent: this.o.id, attempt, ...(error ? { error } : {}) }, this.o.signal).catch(() => {});
           throw e;
+        } finally {
+          request.done();
         }
       }
       await rm(store.partialPath(source.blob), { force: true });
@@ -682,10 +718,6 @@ export class Puller {
     return done.ok || !this.o.node.state.layers.has(diffID);
   }
 
-  private quorumSignal(signal: AbortSignal): AbortSignal {
-    return AbortSignal.any([signal, AbortSignal.timeout(this.o.quorumTimeoutMs ?? 15_000)]);
-  }
-
   /**
    * Proposes until applied or until the quorum deadline: a proposal lost with
    * a leader that died (or dropped during an election) is proposed again.
@@ -693,17 +725,24 @@ export class Puller {
    * entry applied twice answers the same.
    */
   private async send(cmd: Command, signal: AbortSignal): Promise<ApplyResult> {
-    const deadline = this.quorumSignal(signal);
-    for (let i = 0; ; i++) {
-      try {
-        return await this.o.node.propose(cmd, AbortSignal.any([deadline, AbortSignal.timeout(3000)]));
-      } catch (e) {
-        const code = errorCodeOf(e);
-        if (signal.aborted) throw signal.reason;
-        if (code !== "NO_LEADER" && code !== "TIMEOUT") throw e;
-        if (deadline.aborted) throw new WharfError("NO_LEADER", `no quorum: the cluster could not record ${cmd.type} in time`);
+    const deadline = linked([signal], this.o.quorumTimeoutMs ?? 15_000);
+    try {
+      for (let i = 0; ; i++) {
+        const round = linked([deadline.signal], 3000);
+        try {
+          return await this.o.node.propose(cmd, round.signal);
+        } catch (e) {
+          const code = errorCodeOf(e);
+          if (signal.aborted) throw signal.reason;
+          if (code !== "NO_LEADER" && code !== "TIMEOUT") throw e;
+          if (deadline.signal.aborted) throw new WharfError("NO_LEADER", `no quorum: the cluster could not record ${cmd.type} in time`);
+        } finally {
+          round.done();
+        }
         await new Promise((r) => setTimeout(r, Math.min(1000, 50 << i)));
       }
+    } finally {
+      deadline.done();
     }
   }
 
