@@ -17,6 +17,7 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { AGENT_NODE_FLAGS } from "../../src/cli/node-flags.js";
 import { api, status, until } from "../../test/helpers/agents.js";
 import { registryConfig } from "../../test/helpers/registry.js";
 import { type Containerd, inNetns, startContainerd } from "./containerd.js";
@@ -265,6 +266,7 @@ export class LocalHosts {
   /** Starts (or restarts, with the same data dir) the agent of `host`. */
   startAgent(host: LocalHost, mode: readonly string[] = ["start"]): void {
     const args = [
+      ...AGENT_NODE_FLAGS,
       "--import",
       "tsx",
       join(REPO, "src", "cli", "wharf-agent.ts"),

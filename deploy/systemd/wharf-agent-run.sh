@@ -76,6 +76,10 @@ flags=(--data "$data" --shared "$shared" --listen "$WHARF_LISTEN"
   --secret-file "$WHARF_SECRET_FILE" --snapshotter-socket "$socket"
   ${extra[@]+"${extra[@]}"})
 
+# The agent's Node flags (AGENT_NODE_FLAGS in src/cli/node-flags.ts says
+# why), through NODE_OPTIONS: tsx runs the agent in a child process.
+export NODE_OPTIONS="--max-semi-space-size=32${NODE_OPTIONS:+ $NODE_OPTIONS}"
+
 if [[ -d $data/raft ]]; then
   exec "$node" "$tsx" "$cli" start "${flags[@]}"
 fi

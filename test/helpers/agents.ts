@@ -6,6 +6,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { AGENT_NODE_FLAGS } from "../../src/cli/node-flags.js";
 
 export const TICK_MS = 50;
 export const ELECTION_MS = 10 * TICK_MS;
@@ -38,6 +39,7 @@ export class TestCluster {
     const dir = join(this.root, name);
     const port = opts.port ?? this.nextPort++;
     const args = [
+      ...AGENT_NODE_FLAGS,
       "--import",
       "tsx",
       "src/cli/wharf-agent.ts",
