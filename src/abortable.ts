@@ -62,3 +62,13 @@ export function linked(signals: readonly (AbortSignal | undefined)[], ms?: numbe
   }
   return { signal: c.signal, done };
 }
+
+/** Runs `f` with a signal `linked` to `signals`, and unlinks it once `f` has settled. */
+export async function withLinked<T>(signals: readonly (AbortSignal | undefined)[], f: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const l = linked(signals);
+  try {
+    return await f(l.signal);
+  } finally {
+    l.done();
+  }
+}

@@ -4,7 +4,7 @@
 import { getEventListeners } from "node:events";
 import { setTimeout as sleep } from "node:timers/promises";
 import t from "tap";
-import { abortable, linked } from "../src/abortable.js";
+import { abortable, linked, withLinked } from "../src/abortable.js";
 
 t.test("aborts with the first source that aborts, with its reason", async (t) => {
   const a = new AbortController();
@@ -52,4 +52,16 @@ t.test("times out with a TimeoutError, as AbortSignal.timeout", async (t) => {
   // Its timer does not hold the process open (sleep does, meanwhile).
   await Promise.all([t.rejects(abortable(new Promise(() => {}), l.signal), { name: "TimeoutError" }), sleep(60)]);
   t.equal(getEventListeners(a.signal, "abort").length, 0, "the timeout unlinked it from its source");
+});
+
+t.test("withLinked unlinks once the operation has settled, whether it worked or failed", async (t) => {
+  const agent = new AbortController();
+  t.equal(await withLinked([agent.signal], async (s) => (s.aborted ? "aborted" : "ran")), "ran");
+  await t.rejects(
+    withLinked([agent.signal], async () => {
+      throw new Error("failed");
+    }),
+    { message: "failed" },
+  );
+  t.equal(getEventListeners(agent.signal, "abort").length, 0, "no listener left on the long-lived signal");
 });

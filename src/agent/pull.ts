@@ -21,7 +21,7 @@ import { EventEmitter } from "node:events";
 import { rm } from "node:fs/promises";
 import type { Logger } from "pino";
 import type { ApplyResult, ClaimAnswer, Command, LayerSource } from "../../store/state.js";
-import { abortable, linked } from "../abortable.js";
+import { abortable, linked, withLinked } from "../abortable.js";
 import { WharfError, asErrorCode, errorCodeOf } from "../errors.js";
 import { extractLayer } from "../layers/extract.js";
 import type { LayerStore } from "../layers/store.js";
@@ -80,6 +80,13 @@ const TAKEOVER_MARGIN_MS = 250;
 
 /** Errors that are the layer's own fault: every other agent would fail the same way. */
 const CONTENT_ERRORS = new Set(["DIGEST_MISMATCH", "INVALID_LAYER", "INVALID_MANIFEST", "NOT_FOUND", "UNAUTHORIZED", "DENIED"]);
+
+export interface PullOptions {
+  platform?: Platform;
+  signal: AbortSignal;
+  onEvent?: (e: PullEvent) => void;
+  alongside?: (img: ResolvedImage, present: (i: number) => Promise<void>) => Promise<void>;
+}
 
 export interface PullerOptions {
   readonly id: string;
@@ -170,28 +177,11 @@ export class Puller {
    * rejects if the pull fails). The summary is returned once the image is
    * held and `alongside` is done; either failing fails the pull.
    */
-  async pull(
-    refText: string,
-    opts: {
-      platform?: Platform;
-      signal: AbortSignal;
-      onEvent?: (e: PullEvent) => void;
-      alongside?: (img: ResolvedImage, present: (i: number) => Promise<void>) => Promise<void>;
-    },
-  ): Promise<PullSummary> {
-    const link = linked([opts.signal, this.o.signal]);
-    try {
-      return await this.pullWith(refText, opts, link.signal);
-    } finally {
-      link.done();
-    }
+  pull(refText: string, opts: PullOptions): Promise<PullSummary> {
+    return withLinked([opts.signal, this.o.signal], (signal) => this.pullWith(refText, opts, signal));
   }
 
-  private async pullWith(
-    refText: string,
-    opts: Parameters<Puller["pull"]>[1],
-    signal: AbortSignal,
-  ): Promise<PullSummary> {
+  private async pullWith(refText: string, opts: PullOptions, signal: AbortSignal): Promise<PullSummary> {
     const t0 = performance.now();
     const ref = parseReference(refText);
     const emit = opts.onEvent ?? (() => {});
@@ -293,12 +283,7 @@ export class Puller {
 
   /** Makes a layer present in the shared store (cooperatively), for a snapshot that needs it. */
   async ensureLayer(diffID: string, source: LayerSource, signal: AbortSignal): Promise<LayerOutcome> {
-    const link = linked([signal, this.o.signal]);
-    try {
-      return await this.layer(diffID, source, link.signal, () => {});
-    } finally {
-      link.done();
-    }
+    return withLinked([signal, this.o.signal], (s) => this.layer(diffID, source, s, () => {}));
   }
 
   /** One layer wanted by a local pull, until it is present (or failed for good). */
@@ -486,13 +471,8 @@ export class Puller {
       });
   }
 
-  private async download(diffID: string, source: LayerSource, attempt: number, signal: AbortSignal, emit: (e: PullEvent) => void): Promise<LayerOutcome> {
-    const link = linked([signal, this.o.signal]);
-    try {
-      return await this.downloadWith(diffID, source, attempt, signal, link.signal, emit);
-    } finally {
-      link.done();
-    }
+  private download(diffID: string, source: LayerSource, attempt: number, signal: AbortSignal, emit: (e: PullEvent) => void): Promise<LayerOutcome> {
+    return withLinked([signal, this.o.signal], (fenced) => this.downloadWith(diffID, source, attempt, signal, fenced, emit));
   }
 
   /** `download`, where `fenced` aborts with the attempt's `signal` or the agent's. */
