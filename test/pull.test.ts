@@ -237,7 +237,10 @@ t.test("SIGKILL mid-download: the pull resumes from the bytes already on the sha
   const ranges = proxy.requests().filter((q) => q.url.includes(digest) && q.range).map((q) => q.range);
   t.same(ranges, [`bytes=${had}-`], "the restarted agent asked for the rest only");
   t.equal(resumed, gz.length - had, `after the restart the registry served ${resumed} bytes: only what the ${had} bytes on the store lacked`);
-  t.ok(served < gz.length + (1 << 20), `${served} bytes served in all for a ${gz.length}-byte blob`);
+  // What the registry had sent and the killed agent had not written yet was
+  // in socket buffers (over 1 MiB once, on a loaded machine); a download
+  // from scratch would add the whole blob.
+  t.ok(served < gz.length + (4 << 20), `${served} bytes served in all for a ${gz.length}-byte blob`);
   t.ok(!existsSync(partial), "the partial file is gone once the layer is in place");
   t.same(readdirSync(join(shared(), "tmp")), [], "the killed extraction's temp dir was collected");
 });
