@@ -195,7 +195,9 @@ t.test("three hosts with containerd run one shared copy of an image", { timeout:
       t.equal(new Set(l.holders.map((x) => x.split(" ")[0])).size, 2, `layer ${l.diffID.slice(7, 19)}: host-1 and host-3 still hold it`);
       t.ok(l.state === "present" && existsSync(join(hosts.shared, "layers", "sha256", l.diffID.slice(7))), "and it is still in the shared store");
     }
-    const out3 = ctr(h3, "k8s.io", ["run", "--rm", "--snapshotter", "wharf", ref, `after-gc-${hosts.prefix}`, "cat", "/cri2/file"]);
+    // A short run's output can be lost the same way as an exec's (above).
+    let out3 = "";
+    for (let i = 1; i <= 3 && out3 === ""; i++) out3 = ctr(h3, "k8s.io", ["run", "--rm", "--snapshotter", "wharf", ref, `after-gc-${hosts.prefix}-${i}`, "cat", "/cri2/file"]);
     t.equal(out3, "cri layer 2\n", "host-3 still runs the image");
     ctr(h1, "k8s.io", ["task", "kill", "-s", "SIGKILL", long]);
     await until("long-h1 stopped", async () => (/STOPPED/.test(h1.containerd!.ctr(["-n", "k8s.io", "task", "ls"]).stdout) ? true : undefined));
