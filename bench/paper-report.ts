@@ -362,7 +362,7 @@ export function writeReport(benchDir: string, results: readonly ExperimentResult
     "",
     "Each configuration of each point pulls an image of its own, pushed just before its run, so no layer is cached anywhere;",
     "the daemons are warm, as on a host that has been up a while: each test bed first pulls a small image through every",
-    "configuration, untimed. Before each run (untimed), `sync` runs and the machine is let settle (CPUs at most a quarter busy, IO stalls under a tenth). Times run from the start of all pulls to each host's pull returning: *mean*",
+    "configuration, untimed. Before each run (untimed), `sync` runs and the machine is let settle (CPUs at most a quarter busy, IO stalls under a tenth), and a point's configurations run from the one that writes least (wharf) to the one that writes most. Times run from the start of all pulls to each host's pull returning: *mean*",
     "and *p99* are over hosts (with 10 hosts or fewer, p99 is the slowest host); with repetitions, medians of those.",
     "*ideal* is the image's bytes over the registry link's rate. *registry MB* counts every byte the registry served",
     "(manifests and configs, fetched by every host in every configuration, included); *layer bytes / image* only the",

@@ -719,8 +719,8 @@ async function main(): Promise<void> {
           let image: BuiltImage | undefined;
           try {
             bed.setRate(p.rateMbit);
+            const order = RUN_ORDER.filter((c) => p.configs.includes(c));
             for (let rep = 0; rep < p.reps; rep++) {
-              const order = RUN_ORDER.filter((c) => p.configs.includes(c));
               const images = await Promise.all(order.map((_, i) => buildImage(p.image, join(work, `img-${i}`))));
               image = images[0];
               for (const [i, config] of order.entries()) {
